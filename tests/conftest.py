@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny real Swin (milliseconds per forward) and a checkpoint built from it, all offline."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from model.checkpoint import build_checkpoint, save_checkpoint  # noqa: E402
+from model.config import DataConfig, ModelConfig, SeverityConfig  # noqa: E402
+from model.fusion_model import FusionModel  # noqa: E402
+
+TINY_BACKBONE = {"window_size": 4, "embed_dim": 32, "depths": (1, 1), "num_heads": (1, 2)}
+TINY_MODEL_CFG = ModelConfig(backbone_kwargs=TINY_BACKBONE, head_hidden=(32, 16))
+TINY_DATA_CFG = DataConfig(image_size=64)
+
+
+@pytest.fixture
+def tiny_model_cfg() -> ModelConfig:
+    return TINY_MODEL_CFG
+
+
+@pytest.fixture
+def tiny_data_cfg() -> DataConfig:
+    return TINY_DATA_CFG
+
+
+def make_tiny_model(seed: int = 0) -> FusionModel:
+    torch.manual_seed(seed)
+    return FusionModel(TINY_MODEL_CFG, TINY_DATA_CFG.image_size).eval()
+
+
+@pytest.fixture
+def tiny_model() -> FusionModel:
+    return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised (seeded) tiny model saved as a real pigment checkpoint."""
+    model = make_tiny_model(seed=0)
+    ckpt = build_checkpoint(model, TINY_MODEL_CFG, TINY_DATA_CFG, SeverityConfig(),
+                            provenance={"model_version": "tiny-test", "data_hash": "none"})
+    return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "tiny.pth")
