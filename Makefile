@@ -1,0 +1,32 @@
+# The two commands a new user needs: `make serve` (set up, train the demo model, serve it) and `make test`.
+PY := .venv/bin/python
+DEMO_DATA := data/demo
+DEMO_RUN := runs/demo
+STORE := model_store
+
+.PHONY: setup test test-fast serve stop soak clean help
+
+help:
+	@echo "make serve  - set up, generate demo data, train the demo model, build pigment.mar, serve it"
+	@echo "make test   - set up and run the test suite (includes real TorchServe tests)"
+	@echo "make stop   - stop the TorchServe started by make serve"
+	@echo "make soak   - long reliability run (load, soak, faults) against a real TorchServe"
+
+setup:
+	bash scripts/setup_venv.sh
+	bash scripts/ensure_java.sh
+
+test: setup
+	$(PY) -m pytest -q tests
+
+serve: setup
+	bash scripts/quickstart.sh
+
+stop:
+	bash scripts/stop_server.sh
+
+soak: setup
+	$(PY) -m pytest -q -m soak tests/soak --no-header -p no:cacheprovider
+
+clean:
+	rm -rf $(DEMO_RUN) $(STORE) logs
