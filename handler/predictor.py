@@ -1,0 +1,268 @@
+"""Request -> answer, without TorchServe: decode, validate, batch, predict, format.
+
+A request is what TorchServe hands a handler for one HTTP call: a dict of field name -> value. Two shapes
+are accepted:
+
+* multipart/form-data: ``{"clinical_image": bytes, "dermoscopy_image": bytes, "multispectral_image": bytes}``
+  (clinical required, the others optional);
+* a JSON object with the same names and base64 strings as values, which TorchServe passes as a single
+  ``"body"`` (or ``"data"``) entry, either already parsed (a dict) or as raw bytes.
+
+Nothing is silently ignored: an unknown field, a missing clinical image, broken base64 or a file that is not a
+supported image makes that request an :class:`Failure` (HTTP status, field, message) while the rest of the
+batch is answered. All valid requests of a batch go through one forward per encoder, even when they carry
+different modality subsets (absent rows are zeros and ``aux_mask`` marks them), so each answer equals the
+answer the request gets alone.
+
+A missing multispectral view is not simulated unless ``PredictorOptions.simulate_multispectral`` says so: the
+answer reflects exactly what the user sent (``training.infer_single`` follows the same policy).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from model.checkpoint import load_for_inference
+from model.config import AUX_MODALITIES, MODALITIES
+from model.fusion_model import ATTENTION_TOKENS
+from model.preprocessing import DEFAULT_LIMITS, ImageLimits, InputError, decode_image, image_to_tensor
+from model.severity import severity_label
+
+log = logging.getLogger(__name__)
+
+FIELDS: dict[str, str] = {f"{m}_image": m for m in MODALITIES}
+"""Request field -> modality: ``clinical_image`` (required), ``dermoscopy_image``, ``multispectral_image``."""
+REQUIRED_FIELD = "clinical_image"
+BODY_KEYS = ("body", "data")
+"""Names under which TorchServe passes a non-multipart body (``data`` comes from KServe-style envelopes)."""
+SCORE_DECIMALS = 4
+"""Scores and attention weights are rounded to 4 decimals in answers; severity is decided on the exact score."""
+
+
+@dataclass(frozen=True)
+class PredictorOptions:
+    """The ``handler:`` section of ``serve_config/model-config.yaml`` (loaded strictly: unknown keys are errors).
+
+    ``threads`` is the torch intra-op thread count per worker; 0 lets the TorchServe handler pick
+    ``cpu_count // maxWorkers`` so that all workers together do not oversubscribe the cores.
+    """
+
+    threads: int = 0
+    simulate_multispectral: bool = False
+    max_pixels: int = DEFAULT_LIMITS.max_pixels
+    min_side: int = DEFAULT_LIMITS.min_side
+
+    @property
+    def limits(self) -> ImageLimits:
+        return ImageLimits(max_pixels=self.max_pixels, min_side=self.min_side)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A request that cannot be answered with a score: its HTTP status, the field at fault and why."""
+
+    status: int
+    field: str
+    message: str
+
+    @classmethod
+    def from_error(cls, error: InputError) -> Failure:
+        return cls(error.status, error.field, str(error))
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, "field": self.field, "status": self.status}
+
+
+@dataclass
+class Sample:
+    """One valid request, preprocessed: ``images`` maps modality -> ``[3, S, S]`` for every view the model uses."""
+
+    images: dict[str, Tensor]
+    simulated: tuple[str, ...] = field(default=())
+
+    @property
+    def modalities(self) -> list[str]:
+        return [m for m in MODALITIES if m in self.images]
+
+    @property
+    def subset(self) -> str:
+        """E.g. ``"clinical+dermoscopy"``: the metric dimension for requests per modality subset."""
+        return "+".join(self.modalities)
+
+
+class Predictor:
+    """A checkpoint's model with its preprocessing and severity bands, answering batches of requests."""
+
+    def __init__(self, checkpoint: str | Path, options: PredictorOptions = PredictorOptions(),
+                 device: str | torch.device = "cpu"):
+        self.options = options
+        self.device = torch.device(device)
+        self.loaded = load_for_inference(checkpoint, self.device)
+        self.limits = options.limits
+        log.info("loaded %s (model_version %s) on %s; simulate_multispectral=%s", checkpoint,
+                 self.version, self.device, options.simulate_multispectral)
+
+    @property
+    def version(self) -> str:
+        return self.loaded.version
+
+    def predict(self, requests: list[Any]) -> list[dict[str, Any]]:
+        """Answer every request of a batch: a score answer or a :meth:`Failure.body`, in request order."""
+        return self.answer(self.prepare(requests))
+
+    def prepare(self, requests: list[Any]) -> list[Sample | Failure]:
+        """Decode and validate each request on its own, so one bad request never fails the others."""
+        return [self._prepare_one(request) for request in requests]
+
+    def answer(self, prepared: list[Sample | Failure]) -> list[dict[str, Any]]:
+        """One batched forward for all samples, then one answer per entry (failures pass through as bodies)."""
+        samples = [p for p in prepared if isinstance(p, Sample)]
+        scores, attention = self.forward(samples) if samples else (torch.empty(0), torch.empty(0, 0))
+        answers, k = [], 0
+        for item in prepared:
+            if isinstance(item, Failure):
+                answers.append(item.body())
+                continue
+            answers.append(self._format(item, float(scores[k]), attention[k]))
+            k += 1
+        return answers
+
+    @torch.inference_mode()
+    def forward(self, samples: list[Sample]) -> tuple[Tensor, Tensor]:
+        """Samples with any modality subsets -> scores ``[B]`` and attention ``[B, len(ATTENTION_TOKENS)]``."""
+        clinical = torch.stack([s.images["clinical"] for s in samples])  # [B, 3, S, S]
+        aux = [_stack_present(samples, m, clinical) for m in AUX_MODALITIES]  # [B, 3, S, S] or None each
+        aux_mask = torch.tensor([[m in s.images for m in AUX_MODALITIES] for s in samples])  # [B, 2] bool
+        to = self.device
+        out = self.loaded.model(clinical.to(to), *(a if a is None else a.to(to) for a in aux), aux_mask.to(to))
+        return out.score.float().cpu(), out.attention.float().cpu()
+
+    def _prepare_one(self, request: Any) -> Sample | Failure:
+        try:
+            return self._decode(read_fields(request))
+        except InputError as error:
+            return Failure.from_error(error)
+
+    def _decode(self, fields: dict[str, bytes]) -> Sample:
+        """Validated field bytes -> model tensors, each image decoded once."""
+        cfg = self.loaded.data_cfg
+        decoded = {FIELDS[name]: decode_image(data, name, self.limits) for name, data in fields.items()}
+        images = {m: image_to_tensor(img, m, cfg) for m, img in decoded.items()}
+        simulated: tuple[str, ...] = ()
+        if self.options.simulate_multispectral and "multispectral" not in images:
+            # Same rule as training's simulation: derive the H,S,L view from dermoscopy, else from clinical.
+            source = decoded.get("dermoscopy", decoded["clinical"])
+            images["multispectral"] = image_to_tensor(source, "multispectral", cfg)
+            simulated = ("multispectral",)
+        return Sample(images, simulated)
+
+    def _format(self, sample: Sample, score: float, attention: Tensor) -> dict[str, Any]:
+        return {
+            "score": round(score, SCORE_DECIMALS),
+            "severity": severity_label(score, self.loaded.severity),
+            "modalities": sample.modalities,
+            "simulated": list(sample.simulated),
+            "attention": {t: round(float(w), SCORE_DECIMALS) for t, w in zip(ATTENTION_TOKENS, attention)},
+            "model_version": self.version,
+        }
+
+
+def read_fields(request: Any) -> dict[str, bytes]:
+    """A TorchServe request (multipart dict or JSON body) -> ``{field: encoded image bytes}``, validated.
+
+    Raises:
+        InputError: unknown fields (all named, with the valid ones), no ``clinical_image``, a JSON body that is
+            not an object, a repeated JSON key, a value that is not base64 text.
+    """
+    if not isinstance(request, Mapping):
+        raise InputError("body", f"expected form fields or a JSON object, got {type(request).__name__}")
+    if len(request) == 1 and next(iter(request)) in BODY_KEYS:
+        fields = _json_fields(*next(iter(request.items())))
+    else:
+        _reject_unknown(request)
+        fields = {name: _as_bytes(value) for name, value in request.items()}
+    if REQUIRED_FIELD not in fields:
+        raise InputError(REQUIRED_FIELD, f"is required (the clinical photo); optional fields: {_optional()}")
+    return fields
+
+
+def _json_fields(name: str, body: Any) -> dict[str, bytes]:
+    """A JSON body, parsed or raw -> ``{field: decoded base64 bytes}``; ``null`` values count as absent."""
+    if isinstance(body, (bytes, bytearray, str)):
+        body = _parse_json(name, body)
+    if not isinstance(body, dict):
+        raise InputError(name, f"the JSON body must be an object like {{\"{REQUIRED_FIELD}\": \"<base64>\"}}, "
+                               f"got a JSON {type(body).__name__}")
+    _reject_unknown(body)
+    return {key: _b64decode(key, value) for key, value in body.items() if value is not None}
+
+
+def _parse_json(name: str, raw: bytes | bytearray | str) -> Any:
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, (bytes, bytearray)) else raw
+    if not text.strip():
+        raise InputError(name, f"the request is empty; send multipart/form-data with {REQUIRED_FIELD} "
+                               f"(optional: {_optional()}) or a JSON object of base64 strings")
+    try:
+        return json.loads(text, object_pairs_hook=_no_repeated_keys)
+    except json.JSONDecodeError as exc:
+        raise InputError(name, f"is neither multipart/form-data nor valid JSON ({exc}); send images as form "
+                               f"fields ({', '.join(FIELDS)}) or a JSON object of base64 strings") from None
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise InputError(key, "appears more than once in the JSON body; send each image once")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _b64decode(name: str, value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise InputError(name, f"expected a base64-encoded image string, got a JSON {type(value).__name__}")
+    if value.startswith("data:") and "," in value:  # a browser's data URL: data:image/jpeg;base64,<payload>
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(name, f"is not valid base64 ({exc}); encode the image file's bytes with base64") from None
+
+
+def _reject_unknown(fields: Mapping[str, Any]) -> None:
+    unknown = sorted(set(fields) - set(FIELDS))
+    if unknown:
+        raise InputError(",".join(unknown), f"unknown field(s) {', '.join(map(repr, unknown))}; valid fields are "
+                                            f"{', '.join(FIELDS)} ({REQUIRED_FIELD} required)")
+
+
+def _as_bytes(value: Any) -> bytes:
+    """A multipart value as bytes. TorchServe may have decoded text or JSON parts; re-encode them so that
+    ``decode_image`` reports what they are ("looks like text") instead of guessing here."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return json.dumps(value).encode("utf-8")
+
+
+def _optional() -> str:
+    return ", ".join(f for f in FIELDS if f != REQUIRED_FIELD)
+
+
+def _stack_present(samples: list[Sample], modality: str, like: Tensor) -> Tensor | None:
+    """``[B, 3, S, S]`` with zero rows where a sample lacks ``modality``; None if no sample has it."""
+    if not any(modality in s.images for s in samples):
+        return None
+    zeros = torch.zeros_like(like[0])
+    return torch.stack([s.images.get(modality, zeros) for s in samples])
