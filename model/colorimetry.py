@@ -1,0 +1,354 @@
+"""Colorimetric reference: segment a pigmented lesion, measure it against the surrounding skin, score it 0..1.
+
+No learning, only numpy and OpenCV, so weak labelling (``training.weak_labels``), evaluation by skin tone and
+reports share one definition. :func:`measure` is the entry point::
+
+    RGB image -> working copy (longest side WORK_SIDE px)
+      -> segment_lesion: shades-of-gray colour constancy -> L* -> hair suppression (grey closing) -> blur
+         -> divide by the lighting (a robust quadratic fit) -> Otsu, capped a few skin stds below the skin
+         (darker = lesion) -> opening, closing -> the component nearest the centre -> fill holes
+      -> surrounding skin: a ring around the lesion, without the pixels Otsu called dark
+      -> CIELAB means of lesion and skin on the *uncorrected* image (colour constancy would pull the skin
+         towards grey and destroy its ITA), dL*, dE*ab (CIE76), ITA of the skin and its band
+      -> severity in [0, 1]: area score x intensity score (see :data:`SEVERITY`)
+
+Known failure cases of the segmentation (why a weak label is a reference, not a diagnosis):
+
+* **Hair**: thick dark hair crossing the lesion survives the grey closing and can join the lesion or the ring;
+  hair is not removed from the CIELAB means.
+* **Dermoscope vignette**: dark corners or a black circular field stop are dark to Otsu. Components touching the
+  image border are down-weighted and dark pixels are excluded from the skin ring, but a vignette that reaches
+  the lesion merges with it and inflates the area.
+* **Very dark skin, faint lesion**: when the lesion is only a few L* units darker than the skin, Otsu splits
+  skin texture or the lighting gradient instead; :func:`measure` then raises :class:`SegmentationError`
+  ("low contrast") rather than return a meaningless mask.
+* **Lesion touching the border**: it is down-weighted like a vignette (it wins only when nothing central is
+  dark), its area is truncated, and the skin ring is partly outside the image.
+* **Several lesions**: only the one nearest the centre (weighted by size) is kept; the others are left out of
+  the area and out of the skin ring.
+* **Area in a clinical photo** is relative to the photo's framing, not to a physical size; without a ruler the
+  same lesion scores differently when photographed from further away. Dermoscopy frames are comparable.
+* Hypopigmented (lighter than skin) lesions are out of scope: the lesion is always the darker class.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+VERSION = "colorimetric-v1"
+"""Bump when the segmentation or the severity formula changes; weak labels carry it (``weak:colorimetric-v1``)."""
+
+# Skin-tone bands of the individual typology angle (Chardon et al. 1991; Del Bino et al. 2013).
+ITA_BANDS: tuple[tuple[str, float], ...] = (
+    ("very_light", 55.0),
+    ("light", 41.0),
+    ("intermediate", 28.0),
+    ("tan", 10.0),
+    ("brown", -30.0),
+    ("dark", -math.inf),
+)
+"""(band, lower bound) from light to dark: a skin is in the first band whose bound its ITA exceeds, so a value on
+a boundary belongs to the darker band (55 is light, -30 is dark)."""
+SKIN_TONE_BANDS: tuple[str, ...] = tuple(name for name, _ in ITA_BANDS)
+
+# Segmentation, in pixels of the working copy.
+WORK_SIDE = 256  # longest side the analysis runs at; the returned mask is at the input's size
+SHADES_OF_GRAY_P = 6  # Minkowski norm of the illuminant estimate (Finlayson & Trezzi 2004); p=1 is gray-world
+HAIR_CLOSING_PX = 5  # a grey closing this wide removes thin dark lines (hair) before thresholding
+BLUR_SIGMA_PX = 1.5
+SKIN_SPREAD_K = 5.0  # a lesion pixel is at least this many robust skin stds below the illumination surface
+FIT_STRIDE = 7  # the illumination surface is fitted on every 7th pixel (coprime with most widths: no aliasing)
+MIN_AREA_FRACTION = 0.002  # smaller masks are noise: "empty"
+MAX_AREA_FRACTION = 0.90  # larger masks are the whole image: "no skin"
+MIN_RELATIVE_CONTRAST = 0.04  # (skin L* - lesion L*) / skin L* below this is "low contrast"
+MIN_SKIN_PIXELS = 50
+BORDER_PENALTY = 0.25  # score factor of a component that touches the image border (vignette, cut-off lesion)
+
+
+@dataclass(frozen=True)
+class SeverityConstants:
+    """The colorimetric severity, in the spirit of mMASI (area x darkness) with MASI's heterogeneity term::
+
+        area_score  = clip(area_fraction / area_full, 0, 1)
+        darkness    = clip((relative_deficit - deficit_zero) / (deficit_full - deficit_zero), 0, 1)
+                      with relative_deficit = (skin L* - lesion L*) / skin L*
+        heterogeneity = clip(lesion_L_std / (heterogeneity_full * skin L*), 0, 1)
+        severity    = (area_score * (darkness + heterogeneity) / 2) ** power
+
+    The darkness is relative to the skin's own lightness, so a lesion equally visible on light and on dark skin
+    scores the same (dL* alone would rank every lesion on dark skin as mild). ``lesion_L_std`` is a robust
+    standard deviation of L* inside the eroded lesion (structure: network, dots, blotches). ``power`` < 1 only
+    spreads the scores over the severity bands; it does not change their ranking. The constants were set on the
+    synthetic benchmark (``training/synth.py``), whose lesions span area 0.02-0.36 of the dermoscopy field and a
+    relative deficit of 0.10-0.55; on real images they are a documented convention, not a clinical calibration.
+    """
+
+    area_full: float = 0.36
+    deficit_zero: float = 0.10
+    deficit_full: float = 0.55
+    heterogeneity_full: float = 0.12
+    power: float = 0.6
+
+
+SEVERITY = SeverityConstants()
+
+
+class SegmentationError(ValueError):
+    """No usable lesion mask; ``reason`` is a short phrase for reports (e.g. ``"low contrast"``)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"lesion segmentation failed: {reason}" + (f" ({detail})" if detail else ""))
+        self.reason = reason
+
+
+@dataclass(frozen=True, eq=False)
+class ColorimetryResult:
+    """Measurements of one lesion. CIELAB has L* in 0..100; ``delta_L`` > 0 means the lesion is darker."""
+
+    mask: np.ndarray  # [H, W] bool at the input image's size, True = lesion
+    area_fraction: float  # lesion pixels / image pixels
+    lesion_lab: tuple[float, float, float]
+    skin_lab: tuple[float, float, float]
+    delta_L: float  # skin L* - lesion L*
+    delta_E: float  # CIE76 distance between the lesion and skin means
+    lesion_L_std: float  # robust std of L* inside the lesion
+    ita: float  # of the surrounding skin, degrees
+    skin_tone_band: str
+    area_score: float
+    darkness_score: float
+    heterogeneity_score: float
+    severity: float
+
+
+# --------------------------------------------------------------------------------------------------- colour
+
+
+def ita_degrees(L: float, b: float) -> float:
+    """Individual typology angle ``arctan((L* - 50) / b*)`` in degrees, in [-90, 90].
+
+    Computed as ``atan2(L* - 50, b*)`` with b* floored at a tiny positive value: equal to the arctan for skin
+    (b* > 0), +-90 instead of a division by zero at b* = 0, and saturated at +-90 for the non-skin b* < 0.
+    """
+    return math.degrees(math.atan2(L - 50.0, max(b, 1e-9)))
+
+
+def ita_band(ita: float) -> str:
+    """Skin-tone band of an ITA in degrees (see :data:`ITA_BANDS`)."""
+    if math.isnan(ita):
+        raise ValueError("ITA is NaN; measure the skin colour first")
+    return next((name for name, lower in ITA_BANDS if ita > lower), SKIN_TONE_BANDS[-1])
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB ``[H, W, 3]`` uint8 or float in [0, 1] -> float32 CIELAB ``[H, W, 3]`` (D65, L* in 0..100)."""
+    if rgb.dtype == np.uint8:
+        rgb = rgb.astype(np.float32) / 255.0
+    return cv2.cvtColor(rgb.astype(np.float32), cv2.COLOR_RGB2Lab)
+
+
+def shades_of_gray(rgb: np.ndarray, p: int = SHADES_OF_GRAY_P) -> np.ndarray:
+    """Colour constancy: float RGB ``[H, W, 3]`` in [0, 1] -> the same image under a neutral illuminant estimate.
+
+    Each channel is scaled so that its Minkowski p-mean equals the mean over channels.
+    """
+    illuminant = np.power(np.mean(np.power(rgb, p), axis=(0, 1)), 1.0 / p)  # [3]
+    gains = illuminant.mean() / np.maximum(illuminant, 1e-6)
+    return np.clip(rgb * gains, 0.0, 1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------- segmentation
+
+
+def segment_lesion(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float RGB ``[H, W, 3]`` in [0, 1] -> (lesion mask, every dark pixel), both ``[H, W]`` bool.
+
+    The second mask lets the caller keep other dark things (hair, other lesions, vignette) out of the skin.
+    Raises :class:`SegmentationError` when no dark component exists.
+    """
+    lightness = rgb_to_lab(shades_of_gray(rgb))[..., 0]
+    lightness = cv2.morphologyEx(lightness, cv2.MORPH_CLOSE, _disk(HAIR_CLOSING_PX))
+    lightness = cv2.GaussianBlur(lightness, (0, 0), BLUR_SIGMA_PX)
+    dark = dark_pixels(lightness)
+    cleaned = cv2.morphologyEx(dark.astype(np.uint8), cv2.MORPH_OPEN, _disk(3))
+    cleaned = cv2.morphologyEx(cleaned, cv2.MORPH_CLOSE, _disk(5))
+    return _fill_holes(_central_component(cleaned > 0)), dark
+
+
+def dark_pixels(lightness: np.ndarray) -> np.ndarray:
+    """L* ``[H, W]`` -> ``[H, W]`` bool, True where darker than the skin: Otsu on L* relative to the lighting.
+
+    Dividing by the fitted illumination removes gradients and vignetting. A small lesion barely moves the
+    histogram and Otsu then splits the skin's own mottle, so a pixel must also lie SKIN_SPREAD_K robust skin
+    stds below the illumination.
+    """
+    background, skin_std = illumination(lightness)
+    relative = np.clip(lightness / np.maximum(background, 1.0) * 200.0 + 0.5, 0, 255).astype(np.uint8)  # skin ~200
+    otsu, _ = cv2.threshold(relative, 0, 255, cv2.THRESH_BINARY_INV | cv2.THRESH_OTSU)
+    clearly_below = 200.0 * (1.0 - SKIN_SPREAD_K * skin_std / max(float(np.median(background)), 1.0))
+    return relative <= min(otsu, clearly_below)
+
+
+def illumination(lightness: np.ndarray) -> tuple[np.ndarray, float]:
+    """The skin's L* without the lesion: (a quadratic surface ``[H, W]`` fitted to L* robustly, the skin's robust
+    std around it).
+
+    A photo's lighting gradient and vignette are smooth; a lesion is a dark outlier. The fit starts as a plane
+    on the lighter half of the pixels (a lesion is less than half the image; a quadratic fitted with a large
+    central lesion in it bends into a bowl under the lesion and never lets go), then refits on the pixels no
+    more than 2 robust stds below the last fit.
+    """
+    h, w = lightness.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    xs, ys = (xs / w - 0.5).ravel(), (ys / h - 0.5).ravel()
+    design = np.stack([np.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys], axis=1)  # [H*W, 6]
+    sample, values = design[::FIT_STRIDE], lightness.ravel()[::FIT_STRIDE]  # a smooth surface needs few pixels
+    keep = np.ones_like(values, dtype=bool)
+    spread = 0.0
+    for step, terms in enumerate((3, 3, 6, 6, 6)):
+        coef, *_ = np.linalg.lstsq(sample[keep, :terms], values[keep], rcond=None)
+        residual = values - sample[:, :terms] @ coef
+        if step == 0:
+            keep = residual >= np.median(residual)
+            continue
+        spread = max(1.4826 * float(np.median(np.abs(residual[keep] - np.median(residual[keep])))), 0.25)
+        keep = residual > -2.0 * spread
+    return (design[:, :terms] @ coef).reshape(h, w), spread
+
+
+def _central_component(binary: np.ndarray) -> np.ndarray:
+    """Keep the component with the largest ``area / (1 + (d / r)^2)`` (d: centroid to image centre, r: a quarter
+    of the shorter side), with components touching the border down-weighted by BORDER_PENALTY."""
+    count, labels, stats, centroids = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        raise SegmentationError("empty", "no pixel is darker than the Otsu threshold")
+    h, w = binary.shape
+    x, y, bw, bh, area = (stats[1:, i].astype(np.float64) for i in range(5))
+    distance = np.hypot(centroids[1:, 0] - (w - 1) / 2, centroids[1:, 1] - (h - 1) / 2)
+    touches = (x <= 0) | (y <= 0) | (x + bw >= w) | (y + bh >= h)
+    score = area / (1.0 + (distance / (0.25 * min(h, w))) ** 2) * np.where(touches, BORDER_PENALTY, 1.0)
+    return labels == 1 + int(np.argmax(score))
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Background = what a flood fill from outside reaches; everything else belongs to the lesion."""
+    padded = np.pad(mask.astype(np.uint8), 1)
+    flood = np.zeros((padded.shape[0] + 2, padded.shape[1] + 2), np.uint8)
+    cv2.floodFill(padded, flood, (0, 0), 2)
+    return padded[1:-1, 1:-1] != 2
+
+
+def _disk(diameter: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (diameter, diameter))
+
+
+def skin_ring(lesion: np.ndarray, dark: np.ndarray) -> np.ndarray:
+    """Surrounding skin ``[H, W]`` bool: a ring from 0.15 to 0.65 equivalent radii outside the lesion, without
+    Otsu-dark pixels; everything outside the gap when the ring is too small (a lesion filling the frame)."""
+    radius = math.sqrt(lesion.sum() / math.pi)
+    gap = max(2, round(0.15 * radius))
+    width = max(4, round(0.5 * radius))
+    inner = cv2.dilate(lesion.astype(np.uint8), _disk(2 * gap + 1)) > 0
+    outer = cv2.dilate(lesion.astype(np.uint8), _disk(2 * (gap + width) + 1)) > 0
+    ring = outer & ~inner & ~dark
+    if ring.sum() < MIN_SKIN_PIXELS:
+        ring = ~inner & ~dark
+    if ring.sum() < MIN_SKIN_PIXELS:
+        raise SegmentationError("no skin", f"only {int(ring.sum())} skin pixels around the lesion")
+    return ring
+
+
+# --------------------------------------------------------------------------------------------------- measurement
+
+
+def measure(image: np.ndarray, constants: SeverityConstants = SEVERITY) -> ColorimetryResult:
+    """Segment and measure the lesion in an sRGB image ``[H, W, 3]`` uint8 (or a ``PIL.Image``).
+
+    Raises:
+        SegmentationError: the mask is empty, covers (nearly) the whole image, has too little contrast with the
+            skin, or no skin is left around it. ``.reason`` says which.
+    """
+    rgb = np.asarray(image)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an RGB image [H, W, 3], got shape {rgb.shape}; convert it with .convert('RGB')")
+    full_hw = rgb.shape[:2]
+    work = _working_copy(rgb)
+    lesion, dark = segment_lesion(work)
+    area_fraction = float(lesion.mean())
+    if area_fraction < MIN_AREA_FRACTION:
+        raise SegmentationError("empty", f"area fraction {area_fraction:.4f} < {MIN_AREA_FRACTION}")
+    if area_fraction > MAX_AREA_FRACTION:
+        raise SegmentationError("whole image", f"area fraction {area_fraction:.3f} > {MAX_AREA_FRACTION}")
+    lab = rgb_to_lab(work)
+    skin = skin_ring(lesion, dark)
+    lesion_lab, skin_lab = lab[lesion].mean(axis=0), lab[skin].mean(axis=0)
+    delta_L = float(skin_lab[0] - lesion_lab[0])
+    relative_deficit = delta_L / max(float(skin_lab[0]), 1e-6)
+    if relative_deficit < MIN_RELATIVE_CONTRAST:
+        raise SegmentationError("low contrast", f"lesion L* {lesion_lab[0]:.1f} vs skin L* {skin_lab[0]:.1f}")
+    lesion_L_std = _robust_std(lab[..., 0][_eroded(lesion)])
+    ita = ita_degrees(float(skin_lab[0]), float(skin_lab[2]))
+    scores = severity_scores(area_fraction, relative_deficit, lesion_L_std / float(skin_lab[0]), constants)
+    return ColorimetryResult(
+        mask=_resize_mask(lesion, full_hw),
+        area_fraction=area_fraction,
+        lesion_lab=tuple(float(v) for v in lesion_lab),
+        skin_lab=tuple(float(v) for v in skin_lab),
+        delta_L=delta_L,
+        delta_E=float(np.linalg.norm(skin_lab - lesion_lab)),
+        lesion_L_std=lesion_L_std,
+        ita=ita,
+        skin_tone_band=ita_band(ita),
+        area_score=scores[0],
+        darkness_score=scores[1],
+        heterogeneity_score=scores[2],
+        severity=scores[3],
+    )
+
+
+def severity_scores(area_fraction: float, relative_deficit: float, relative_std: float,
+                    constants: SeverityConstants = SEVERITY) -> tuple[float, float, float, float]:
+    """(area score, darkness score, heterogeneity score, severity), each in [0, 1]; see :class:`SeverityConstants`.
+
+    ``relative_deficit`` is (skin L* - lesion L*) / skin L*; ``relative_std`` is the lesion's L* std / skin L*.
+    """
+    c = constants
+    area = _unit(area_fraction / c.area_full)
+    darkness = _unit((relative_deficit - c.deficit_zero) / (c.deficit_full - c.deficit_zero))
+    heterogeneity = _unit(relative_std / c.heterogeneity_full)
+    severity = (area * (darkness + heterogeneity) / 2.0) ** c.power
+    return area, darkness, heterogeneity, float(severity)
+
+
+def _unit(x: float) -> float:
+    return float(min(max(x, 0.0), 1.0))
+
+
+def _working_copy(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> float32 in [0, 1], longest side at most WORK_SIDE (area-averaged, so noise shrinks too)."""
+    h, w = rgb.shape[:2]
+    factor = WORK_SIDE / max(h, w)
+    if factor < 1.0:
+        rgb = cv2.resize(rgb, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
+    return rgb.astype(np.float32) / (255.0 if rgb.dtype == np.uint8 else 1.0)
+
+
+def _eroded(mask: np.ndarray) -> np.ndarray:
+    """The lesion without its blurred rim (which would count as texture); the mask itself if that empties it."""
+    inner = cv2.erode(mask.astype(np.uint8), _disk(5)) > 0
+    return inner if inner.sum() >= MIN_SKIN_PIXELS else mask
+
+
+def _robust_std(values: np.ndarray) -> float:
+    """Half the 16-84 percentile spread: the std of a normal, but blind to a few glints or hairs."""
+    p16, p84 = np.percentile(values, (16.0, 84.0))
+    return float(p84 - p16) / 2.0
+
+
+def _resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    if mask.shape == hw:
+        return mask
+    return cv2.resize(mask.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 0
