@@ -28,6 +28,14 @@ from model.config import MODALITIES, DataConfig
 SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP", "TIFF")
 """Still-image formats we decode. Others (WebP, GIF, HEIC, ...) are refused with 415 rather than guessed at."""
 
+# Magic numbers of the formats we decode: bytes that start like one but do not open are a broken file (400).
+_SUPPORTED_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
 # Magic numbers of common non-image or unsupported uploads, so the error says what the bytes look like.
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"%PDF", 0, "a PDF document"),
@@ -79,7 +87,10 @@ def decode_image(data: bytes, field: str = "image", limits: ImageLimits = DEFAUL
             img = Image.open(io.BytesIO(bytes(data)))
     except Image.DecompressionBombError as exc:
         raise InputError(field, f"image is too large to decode ({exc}); the limit is {limits.max_pixels} pixels")
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        fmt = next((name for magic, name in _SUPPORTED_SIGNATURES if bytes(data[:len(magic)]) == magic), None)
+        if fmt:
+            raise InputError(field, f"starts like a {fmt} image but cannot be decoded (truncated or corrupt)") from None
         raise InputError(field, f"is not a decodable image ({_sniff(data)}); supported formats: {supported}", 415)
     if img.format not in limits.formats:
         raise InputError(field, f"{img.format} images are not supported; supported formats: {supported}", 415)
@@ -150,7 +161,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if img.mode != "I" or arr.max() > 255 else 255.0
         arr = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+        return Image.fromarray(arr).convert("RGB")  # 2-D uint8 -> mode L
     if img.mode == "P":
         img = img.convert("RGBA")
     return img.convert("RGB")
