@@ -44,7 +44,8 @@ class DataConfig:
     """How an image file becomes the model's tensor, for every modality (see ``model.preprocessing``).
 
     ``ms_mean``/``ms_std`` normalize the pseudo-multispectral (H, S, L) view, whose channels are each scaled to
-    [0, 1] first; ImageNet statistics describe RGB photos and do not fit those channels.
+    [0, 1] first; ImageNet statistics describe RGB photos and do not fit those channels. ``jpeg_draft`` is part
+    of the decode policy, so training and serving use the same one.
     """
 
     image_size: int = 224
@@ -53,6 +54,8 @@ class DataConfig:
     ms_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     ms_std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     simulate_multispectral: bool = True
+    jpeg_draft: bool = True
+    """Decode JPEGs at a reduced DCT scale close to ``image_size`` (much faster for phone photos)."""
 
 
 @dataclass(frozen=True)
