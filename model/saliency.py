@@ -131,7 +131,7 @@ def overlay(original: Image.Image, heatmap: np.ndarray, alpha: float = DEFAULT_A
     heat_u8 = np.clip(heat * 255.0 + 0.5, 0, 255).astype(np.uint8)
     colours = cv2.cvtColor(cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     blended = (1.0 - alpha) * np.asarray(photo, np.float32) + alpha * colours.astype(np.float32)
-    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), "RGB")
+    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
 
 
 def overlay_png(original: Image.Image, heatmap: np.ndarray, alpha: float = DEFAULT_ALPHA,
