@@ -1,0 +1,404 @@
+"""Matched multi-modal lesions on disk -> an index, a patient-level split, and a torch Dataset.
+
+Two ways to describe a dataset, chosen by what ``--data`` points at:
+
+* a folder in the documented layout, matched by file stem (extensions .jpg/.jpeg/.png/.bmp, any case)::
+
+      DATA/clinical/images/<lesion_id>.jpg        required per lesion
+      DATA/dermoscopy/images/<lesion_id>.png      optional
+      DATA/multispectral/images/<lesion_id>.png   optional
+      DATA/labels.csv                             lesion_id, score (0..1), optional patient_id; other columns ignored
+
+* a manifest CSV with columns ``lesion_id, clinical, dermoscopy, multispectral, score, patient_id`` (paths relative
+  to the CSV's folder or absolute; an empty cell means absent; dermoscopy, multispectral and patient_id columns are
+  optional).
+
+Policy, so nothing disappears silently: lesions without a clinical image or without a label (an empty score cell
+counts as no label) are skipped, counted in :attr:`DatasetIndex.skipped` and logged. A score that is not a number in
+[0, 1] is an error naming the file and row, since it usually means a wrong scale for the whole file. Without a
+``patient_id`` each lesion is its own patient.
+
+The eval tensors are exactly ``model.preprocessing.image_to_tensor(load_image(path), modality, cfg)``, the serving
+path; training augmentation (flips, 90-degree rotations) acts on those tensors with one random draw per sample, so
+all modalities of a lesion stay aligned and the eval tensors can be cached once per lesion.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from model.config import AUX_MODALITIES, MODALITIES, DataConfig
+from model.preprocessing import InputError, image_to_tensor, load_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
+LABELS_FILE = "labels.csv"
+SKIP_REASONS: tuple[str, ...] = ("no_clinical_image", "no_label", "bad_image")
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One labelled lesion: its image files (absent auxiliary ones are None) and ground truth."""
+
+    lesion_id: str
+    clinical: Path
+    score: float
+    patient_id: str
+    dermoscopy: Path | None = None
+    multispectral: Path | None = None
+
+    def path(self, modality: str) -> Path | None:
+        return getattr(self, modality)
+
+
+@dataclass
+class DatasetIndex:
+    """Everything found under ``source``: the usable lesions, and the ids skipped per reason."""
+
+    source: Path
+    lesions: list[Lesion]
+    skipped: dict[str, list[str]] = field(default_factory=lambda: {r: [] for r in SKIP_REASONS})
+
+    @property
+    def data_hash(self) -> str:
+        """A short fingerprint of the labels and the file list (names and sizes), for checkpoint provenance."""
+        digest = hashlib.sha256()
+        for lesion in sorted(self.lesions, key=lambda x: x.lesion_id):
+            files = [f"{p.name}:{p.stat().st_size}" if p else "-" for p in (lesion.path(m) for m in MODALITIES)]
+            digest.update(f"{lesion.lesion_id},{lesion.score!r},{lesion.patient_id},{','.join(files)}\n".encode())
+        return digest.hexdigest()[:12]
+
+    def skip_counts(self) -> dict[str, int]:
+        return {reason: len(ids) for reason, ids in self.skipped.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading a dataset
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def index_dataset(source: str | Path) -> DatasetIndex:
+    """Index a dataset folder in the documented layout, or a manifest CSV (see the module docstring)."""
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        index = _index_manifest(source)
+    elif source.is_dir():
+        index = _index_folder(source)
+    else:
+        raise FileNotFoundError(
+            f"{source}: no such dataset; pass a folder with clinical/images/ and labels.csv, or a manifest .csv"
+        )
+    if not index.lesions:
+        raise ValueError(f"{source}: no usable lesions (skipped: {index.skip_counts()}); see the data layout in README")
+    _report_skipped(index)
+    return index
+
+
+def _index_folder(root: Path) -> DatasetIndex:
+    clinical_dir = root / "clinical" / "images"
+    if not clinical_dir.is_dir():
+        raise FileNotFoundError(
+            f"{clinical_dir}: missing; a dataset folder needs clinical/images/<lesion_id>.jpg (plus optional "
+            f"dermoscopy/images/ and multispectral/images/) and labels.csv"
+        )
+    labels_path = root / LABELS_FILE
+    if not labels_path.is_file():
+        raise FileNotFoundError(
+            f"{labels_path}: missing; write a CSV with columns lesion_id,score[,patient_id] (score in 0..1)"
+        )
+    images = {m: find_images(root / m / "images") for m in MODALITIES}
+    labels = read_labels(labels_path)
+    index = DatasetIndex(root, [])
+    for lesion_id in sorted(set(labels).union(*images.values())):
+        if lesion_id not in images["clinical"]:
+            index.skipped["no_clinical_image"].append(lesion_id)
+        elif labels.get(lesion_id, (None,))[0] is None:
+            index.skipped["no_label"].append(lesion_id)
+        else:
+            score, patient = labels[lesion_id]
+            aux = {m: images[m].get(lesion_id) for m in AUX_MODALITIES}
+            index.lesions.append(Lesion(lesion_id, images["clinical"][lesion_id], score, patient, **aux))
+    return index
+
+
+def find_images(folder: Path) -> dict[str, Path]:
+    """``{stem: path}`` of the images in ``folder`` (empty if it does not exist); two files with one stem is an error."""
+    if not folder.is_dir():
+        return {}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if path.stem in found:
+            raise ValueError(
+                f"{found[path.stem]} and {path}: two images for lesion {path.stem!r}; keep one of them "
+                f"(lesions are matched across modalities by file name without extension)"
+            )
+        found[path.stem] = path
+    return found
+
+
+def read_labels(path: Path) -> dict[str, tuple[float | None, str]]:
+    """``{lesion_id: (score or None if the cell is empty, patient_id)}`` from a labels CSV."""
+    rows = _read_csv(path, required=("lesion_id", "score"))
+    labels: dict[str, tuple[float | None, str]] = {}
+    for line, row in rows:
+        lesion_id = _lesion_id(row, path, line)
+        if lesion_id in labels:
+            raise ValueError(f"{path}, line {line}: lesion_id {lesion_id!r} appears twice; keep one row per lesion")
+        labels[lesion_id] = (_score(row, path, line), (row.get("patient_id") or "").strip() or lesion_id)
+    return labels
+
+
+def _index_manifest(path: Path) -> DatasetIndex:
+    rows = _read_csv(path, required=("lesion_id", "clinical", "score"))
+    index = DatasetIndex(path, [])
+    seen: set[str] = set()
+    for line, row in rows:
+        lesion_id = _lesion_id(row, path, line)
+        if lesion_id in seen:
+            raise ValueError(f"{path}, line {line}: lesion_id {lesion_id!r} appears twice; keep one row per lesion")
+        seen.add(lesion_id)
+        files = {m: _manifest_path(row, m, path, line) for m in MODALITIES}
+        score = _score(row, path, line)
+        if files["clinical"] is None:
+            index.skipped["no_clinical_image"].append(lesion_id)
+        elif score is None:
+            index.skipped["no_label"].append(lesion_id)
+        else:
+            patient = (row.get("patient_id") or "").strip() or lesion_id
+            index.lesions.append(Lesion(lesion_id, files["clinical"], score, patient,
+                                        files["dermoscopy"], files["multispectral"]))
+    return index
+
+
+def _manifest_path(row: dict[str, str], modality: str, manifest: Path, line: int) -> Path | None:
+    cell = (row.get(modality) or "").strip()
+    if not cell:
+        return None
+    path = Path(cell) if Path(cell).is_absolute() else manifest.parent / cell
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{manifest}, line {line}: {modality} image {path} does not exist; fix the path (relative paths start "
+            f"at the manifest's folder) or leave the cell empty"
+        )
+    return path
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a CSV as ``(line number, {column: cell})``; headers are stripped, a UTF-8 BOM is tolerated."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in reader.fieldnames or []]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; found {header}, need at least {list(required)}")
+        reader.fieldnames = header
+        return [(reader.line_num, row) for row in reader if any((v or "").strip() for v in row.values() if v)]
+
+
+def _lesion_id(row: dict[str, str], path: Path, line: int) -> str:
+    lesion_id = (row.get("lesion_id") or "").strip()
+    if not lesion_id:
+        raise ValueError(f"{path}, line {line}: empty lesion_id; every row needs the lesion's file name stem")
+    return lesion_id
+
+
+def _score(row: dict[str, str], path: Path, line: int) -> float | None:
+    cell = (row.get("score") or "").strip()
+    if not cell:
+        return None
+    try:
+        score = float(cell)
+    except ValueError:
+        raise ValueError(f"{path}, line {line}: score {cell!r} is not a number; scores are in 0..1") from None
+    if not 0.0 <= score <= 1.0:  # also rejects nan
+        raise ValueError(
+            f"{path}, line {line}: score {cell} is outside [0, 1]; rescale the labels (e.g. divide a 0-100 scale "
+            f"by 100) or fix the row"
+        )
+    return score
+
+
+def _report_skipped(index: DatasetIndex) -> None:
+    for reason, ids in index.skipped.items():
+        if ids:
+            shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+            log.warning("%s: skipped %d lesion(s) with %s: %s", index.source, len(ids), reason.replace("_", " "), shown)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Patient-level split
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def split_by_patient(lesions: list[Lesion], val_fraction: float = 0.2,
+                     seed: int = 0) -> tuple[list[Lesion], list[Lesion]]:
+    """Seeded train/val split with no patient on both sides; val gets about ``val_fraction`` of the lesions.
+
+    Patients are shuffled (independently of the lesion order on disk) and assigned to validation until it holds
+    its share. With a single patient there is nothing to split: an error says so.
+    """
+    patients = sorted({lesion.patient_id for lesion in lesions})
+    if len(patients) < 2:
+        raise ValueError(f"all {len(lesions)} lesions belong to one patient; a patient-level split needs at least two")
+    generator = torch.Generator().manual_seed(seed)
+    order = [patients[i] for i in torch.randperm(len(patients), generator=generator).tolist()]
+    sizes = {p: 0 for p in patients}
+    for lesion in lesions:
+        sizes[lesion.patient_id] += 1
+    target = max(1, round(val_fraction * len(lesions)))
+    val_patients: set[str] = set()
+    count = 0
+    for patient in order[:-1]:  # the last patient always stays in training, so training is never empty
+        if count >= target:
+            break
+        val_patients.add(patient)
+        count += sizes[patient]
+    train = [x for x in lesions if x.patient_id not in val_patients]
+    val = [x for x in lesions if x.patient_id in val_patients]
+    return train, val
+
+
+def select(lesions: list[Lesion], lesion_ids: list[str], source: str = "data") -> list[Lesion]:
+    """The lesions with the given ids, in that order; ids not in ``lesions`` are an error naming a few."""
+    by_id = {lesion.lesion_id: lesion for lesion in lesions}
+    missing = [i for i in lesion_ids if i not in by_id]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} lesion(s) of the checkpoint's split are not in {source} (e.g. {missing[:5]}); "
+            f"pass the data the model was trained on"
+        )
+    return [by_id[i] for i in lesion_ids]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dataset
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def available_modalities(lesion: Lesion, data_cfg: DataConfig) -> dict[str, str]:
+    """``{modality: "file" | "simulated"}`` for the views this lesion provides under ``data_cfg``."""
+    found = {m: "file" for m in MODALITIES if lesion.path(m) is not None}
+    if "multispectral" not in found and data_cfg.simulate_multispectral:
+        found["multispectral"] = "simulated"
+    return found
+
+
+def lesion_tensors(lesion: Lesion, data_cfg: DataConfig) -> dict[str, Tensor]:
+    """Eval tensors ``[3, S, S]`` for every modality (zeros where absent) and ``aux_mask [2]`` bool.
+
+    Uses ``load_image`` + ``image_to_tensor`` only, so each tensor equals ``preprocess_bytes`` of the same file. A
+    missing multispectral view is simulated from the dermoscopy (else clinical) photo when the config says so.
+    Unreadable files raise :class:`model.preprocessing.InputError` naming the file.
+    """
+    images: dict[str, Image.Image] = {m: load_image(p) for m in MODALITIES if (p := lesion.path(m)) is not None}
+    tensors = {m: image_to_tensor(img, m, data_cfg) for m, img in images.items()}
+    if "multispectral" not in tensors and data_cfg.simulate_multispectral:
+        source = images.get("dermoscopy", images["clinical"])
+        tensors["multispectral"] = image_to_tensor(source, "multispectral", data_cfg)
+    zeros = torch.zeros(3, data_cfg.image_size, data_cfg.image_size)
+    out = {m: tensors.get(m, zeros) for m in MODALITIES}
+    out["aux_mask"] = torch.tensor([m in tensors for m in AUX_MODALITIES])
+    return out
+
+
+class LesionDataset(Dataset):
+    """Per sample: ``lesion_id``, ``clinical``/``dermoscopy``/``multispectral`` ``[3, S, S]`` (zeros if absent),
+    ``aux_mask [2]`` bool (dermoscopy, multispectral present) and ``score`` (float32 scalar).
+
+    Args:
+        lesions: the lesions to serve, in order.
+        data_cfg: preprocessing (image size, normalization, multispectral simulation).
+        train: apply augmentation and modality dropout; False gives the exact eval tensors.
+        augment: with ``train``, random horizontal flip and 90-degree rotation, one draw per sample.
+        modality_dropout: with ``train``, probability of dropping each auxiliary modality (clinical never).
+        cache: keep each lesion's eval tensors after the first decode (memory: 3 x 3 x S x S x 4 bytes per lesion).
+    """
+
+    def __init__(self, lesions: list[Lesion], data_cfg: DataConfig, train: bool, augment: bool = True,
+                 modality_dropout: float = 0.0, cache: bool = False):
+        self.lesions = list(lesions)
+        self.data_cfg = data_cfg
+        self.train = train
+        self.augment = augment and train
+        self.modality_dropout = modality_dropout if train else 0.0
+        self.cache: dict[int, dict[str, Tensor]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.lesions)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        lesion = self.lesions[i]
+        sample = dict(self._eval_tensors(i))
+        if self.augment:
+            sample.update(augment_paired({m: sample[m] for m in MODALITIES}))
+        if self.modality_dropout > 0:
+            sample.update(drop_modalities(sample, self.modality_dropout))
+        return {"lesion_id": lesion.lesion_id, **sample, "score": torch.tensor(lesion.score, dtype=torch.float32)}
+
+    def preload(self, skip_bad_images: bool = False) -> list[str]:
+        """Decode every lesion now (filling the cache). Bad images raise, or with ``skip_bad_images`` the lesion
+        is removed and its id returned (and logged) so callers can count it."""
+        bad: list[str] = []
+        keep: list[Lesion] = []
+        cached: dict[int, dict[str, Tensor]] = {}
+        for i, lesion in enumerate(self.lesions):
+            try:
+                tensors = lesion_tensors(lesion, self.data_cfg)
+            except (InputError, OSError) as exc:
+                if not skip_bad_images:
+                    raise InputError(getattr(exc, "field", str(lesion.clinical)),
+                                     f"{getattr(exc, 'problem', exc)}; fix or remove the file, or set "
+                                     f"data.skip_bad_images=true to skip such lesions") from exc
+                log.warning("skipping lesion %s: %s", lesion.lesion_id, exc)
+                bad.append(lesion.lesion_id)
+                continue
+            if self.cache is not None:
+                cached[len(keep)] = tensors
+            keep.append(lesion)
+        self.lesions = keep
+        if self.cache is not None:
+            self.cache = cached
+        return bad
+
+    def _eval_tensors(self, i: int) -> dict[str, Tensor]:
+        if self.cache is None:
+            return lesion_tensors(self.lesions[i], self.data_cfg)
+        if i not in self.cache:
+            self.cache[i] = lesion_tensors(self.lesions[i], self.data_cfg)
+        return self.cache[i]
+
+
+def augment_paired(images: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """One random element of the square's symmetry group (rotation by k x 90 degrees, optional horizontal flip),
+    applied identically to every ``[3, S, S]`` image so paired modalities stay aligned. Exact: no resampling."""
+    k = int(torch.randint(4, (1,), generator=generator))
+    flip = bool(torch.randint(2, (1,), generator=generator))
+    out = {}
+    for name, img in images.items():
+        img = torch.rot90(img, k, dims=(1, 2))
+        out[name] = img.flip(2) if flip else img
+    return out
+
+
+def drop_modalities(sample: dict[str, Tensor], p: float, generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Drop each present auxiliary modality with probability ``p``: clear its ``aux_mask`` bit, zero its image."""
+    drop = torch.rand(len(AUX_MODALITIES), generator=generator) < p
+    mask = sample["aux_mask"] & ~drop
+    out: dict[str, Any] = {"aux_mask": mask}
+    for i, name in enumerate(AUX_MODALITIES):
+        if sample["aux_mask"][i] and not mask[i]:
+            out[name] = torch.zeros_like(sample[name])
+    return out
