@@ -303,7 +303,7 @@ def lesion_tensors(lesion: Lesion, data_cfg: DataConfig) -> dict[str, Tensor]:
     missing multispectral view is simulated from the dermoscopy (else clinical) photo when the config says so.
     Unreadable files raise :class:`model.preprocessing.InputError` naming the file.
     """
-    images: dict[str, Image.Image] = {m: load_image(p) for m in MODALITIES if (p := lesion.path(m)) is not None}
+    images: dict[str, Image.Image] = {m: load_image(p, data_cfg) for m in MODALITIES if (p := lesion.path(m)) is not None}
     tensors = {m: image_to_tensor(img, m, data_cfg) for m, img in images.items()}
     if "multispectral" not in tensors and data_cfg.simulate_multispectral:
         source = images.get("dermoscopy", images["clinical"])

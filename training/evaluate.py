@@ -1,0 +1,264 @@
+"""Score a checkpoint on labelled data: ``python -m training.evaluate --checkpoint CKPT --data DATA --out OUT``.
+
+Every labelled lesion in DATA is scored with all the modalities it has (a simulated multispectral view counts when
+the checkpoint's data config simulates it, as in training), then again with each modality subset by masking the
+inputs. ``--split val`` scores only the checkpoint's own validation lesions (DATA must be its training data).
+
+Writes to OUT:
+
+* ``metrics.csv``  one row per lesion: lesion_id, patient_id, true_score, pred_score, abs_error, true_severity,
+  pred_severity, modalities_used (e.g. ``clinical+dermoscopy+multispectral``), multispectral_simulated,
+  pred_clinical_only
+* ``summary.json`` every number, keys below
+* ``score_distribution.png``, ``severity_distribution.png``, ``pred_vs_true.png``
+
+``summary.json`` keys (a "metrics block" is ``n, mse, mae, rmse, spearman, severity_accuracy, quadratic_kappa,
+confusion_matrix``; the matrix is 3x3, rows = true Mild/Moderate/Severe, columns = predicted; ``spearman`` and
+``quadratic_kappa`` are null when undefined, e.g. constant predictions):
+
+=============================  ================================================================================
+``checkpoint``                 path of the evaluated checkpoint
+``model_version``              the checkpoint's ``provenance.model_version``
+``data``                       the ``--data`` argument; ``data_hash`` its fingerprint (labels + file list)
+``split``                      ``"all"`` (every labelled lesion) or ``"val"`` (the checkpoint's validation split)
+``n_lesions``                  lesions scored; ``skipped`` counts of lesions left out, per reason
+``severity_thresholds``        ``mild_max``, ``moderate_max`` from the checkpoint
+``simulate_multispectral``     whether a missing multispectral view was simulated (from the checkpoint)
+``overall``                    metrics block, each lesion with every modality it has
+``baseline_mean``              metrics block of always predicting ``train_label_mean``
+``train_label_mean``           mean training label (from the checkpoint; else the evaluated labels' mean, and
+                               ``baseline_source`` says which)
+``mae_ratio_to_baseline``      ``overall.mae / baseline_mean.mae`` (below 0.5: the model learned)
+``subsets``                    ``clinical_only``, ``clinical+dermoscopy``, ``clinical+multispectral``, ``all``: a
+                               metrics block over the lesions that have those modalities, scored with exactly
+                               them, plus ``clinical_only_mae`` on the same lesions for a like-for-like comparison
+``severity_counts``            ``{"true": {Mild, Moderate, Severe}, "pred": {...}}``
+=============================  ================================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from model.checkpoint import LoadedModel, load_for_inference  # noqa: E402
+from model.config import AUX_MODALITIES  # noqa: E402
+from model.severity import LABELS, severity_label  # noqa: E402
+from training.data import Lesion, LesionDataset, available_modalities, index_dataset, select  # noqa: E402
+from training.metrics import score_metrics  # noqa: E402
+from training.train import predict_batch  # noqa: E402
+
+log = logging.getLogger("training.evaluate")
+
+SUBSETS: dict[str, tuple[str, ...]] = {
+    "clinical_only": (),
+    "clinical+dermoscopy": ("dermoscopy",),
+    "clinical+multispectral": ("multispectral",),
+    "all": AUX_MODALITIES,
+}
+"""Modality subsets scored separately: the auxiliary modalities each one uses (clinical is always used)."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, required=True, help="e.g. RUN_DIR/best_model.pth")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder or manifest .csv")
+    p.add_argument("--out", type=Path, required=True, help="folder for metrics.csv, summary.json and plots")
+    p.add_argument("--split", choices=("all", "val"), default="all",
+                   help="all labelled lesions (default) or only the checkpoint's validation split")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    loaded = load_for_inference(args.checkpoint, args.device)
+    index = index_dataset(args.data)
+    lesions = lesions_for_split(index.lesions, args.split, loaded.provenance, str(args.data))
+    predictions = predict_subsets(loaded, lesions, args.batch_size, args.device)
+    summary = summarize(loaded, lesions, predictions)
+    summary.update(checkpoint=str(args.checkpoint), data=str(args.data), data_hash=index.data_hash,
+                   split=args.split, skipped=index.skip_counts())
+    write_outputs(args.out, loaded, lesions, predictions, summary)
+    print_summary(summary, args.out)
+    return summary
+
+
+def lesions_for_split(lesions: list[Lesion], split: str, provenance: dict[str, Any], source: str) -> list[Lesion]:
+    if split == "all":
+        return lesions
+    ids = (provenance.get("split") or {}).get("val")
+    if not ids:
+        raise ValueError("this checkpoint records no validation split; evaluate with --split all")
+    return select(lesions, list(ids), source)
+
+
+@torch.no_grad()
+def predict_subsets(loaded: LoadedModel, lesions: list[Lesion], batch_size: int = 32,
+                    device: str = "cpu") -> dict[str, np.ndarray]:
+    """Scores ``[N]`` per key: ``"available"`` (each lesion's own modalities) and each of :data:`SUBSETS`.
+
+    A subset's score for a lesion lacking one of its modalities is NaN (it is not part of that subset).
+    """
+    dataset = LesionDataset(lesions, loaded.data_cfg, train=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    out: dict[str, list[np.ndarray]] = {name: [] for name in ("available", *SUBSETS)}
+    for batch in loader:
+        available = batch["aux_mask"]  # [B, 2]
+        out["available"].append(predict_batch(loaded.model, batch, device).cpu().numpy())
+        for name, aux in SUBSETS.items():
+            wanted = torch.tensor([m in aux for m in AUX_MODALITIES]).expand_as(available)
+            has_all = (available | ~wanted).all(dim=1)  # [B]
+            scores = predict_batch(loaded.model, batch, device, aux_mask=wanted & available).cpu().numpy()
+            out[name].append(np.where(has_all.numpy(), scores, np.nan))
+    return {name: np.concatenate(parts).astype(np.float64) for name, parts in out.items()}
+
+
+def summarize(loaded: LoadedModel, lesions: list[Lesion], predictions: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The numbers of ``summary.json`` (see the module docstring)."""
+    severity = loaded.severity
+    true = np.array([x.score for x in lesions], dtype=np.float64)
+    pred = predictions["available"]
+    mean = loaded.provenance.get("train_label_mean")
+    baseline_source = "checkpoint"
+    if mean is None:
+        log.warning("the checkpoint has no train_label_mean; the baseline predicts the evaluated labels' mean")
+        mean, baseline_source = float(true.mean()), "evaluated_labels"
+    overall = score_metrics(true, pred, severity)
+    baseline = score_metrics(true, np.full_like(true, mean), severity)
+    subsets = {}
+    for name in SUBSETS:
+        rows = ~np.isnan(predictions[name])
+        block = score_metrics(true[rows], predictions[name][rows], severity)
+        block["clinical_only_mae"] = float(np.abs(predictions["clinical_only"][rows] - true[rows]).mean()) \
+            if rows.any() else None
+        subsets[name] = block
+    return {
+        "model_version": loaded.version,
+        "n_lesions": len(lesions),
+        "severity_thresholds": {"mild_max": severity.mild_max, "moderate_max": severity.moderate_max},
+        "simulate_multispectral": loaded.data_cfg.simulate_multispectral,
+        "overall": overall,
+        "baseline_mean": baseline,
+        "train_label_mean": float(mean),
+        "baseline_source": baseline_source,
+        "mae_ratio_to_baseline": overall["mae"] / baseline["mae"] if baseline["mae"] > 0 else None,
+        "subsets": subsets,
+        "severity_counts": {
+            "true": _counts(true, severity),
+            "pred": _counts(pred, severity),
+        },
+    }
+
+
+def _counts(scores: np.ndarray, severity) -> dict[str, int]:
+    labels = [severity_label(s, severity) for s in scores]
+    return {name: labels.count(name) for name in LABELS}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def write_outputs(out: Path, loaded: LoadedModel, lesions: list[Lesion], predictions: dict[str, np.ndarray],
+                  summary: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_metrics_csv(out / "metrics.csv", loaded, lesions, predictions)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    true = np.array([x.score for x in lesions])
+    plot_score_distribution(out / "score_distribution.png", true, predictions["available"])
+    plot_severity_distribution(out / "severity_distribution.png", summary["severity_counts"])
+    plot_pred_vs_true(out / "pred_vs_true.png", true, predictions["available"], summary)
+
+
+def write_metrics_csv(path: Path, loaded: LoadedModel, lesions: list[Lesion],
+                      predictions: dict[str, np.ndarray]) -> None:
+    severity = loaded.severity
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["lesion_id", "patient_id", "true_score", "pred_score", "abs_error", "true_severity",
+                         "pred_severity", "modalities_used", "multispectral_simulated", "pred_clinical_only"])
+        for i, lesion in enumerate(lesions):
+            pred = float(predictions["available"][i])
+            used = available_modalities(lesion, loaded.data_cfg)
+            writer.writerow([lesion.lesion_id, lesion.patient_id, f"{lesion.score:.6f}", f"{pred:.6f}",
+                             f"{abs(pred - lesion.score):.6f}", severity_label(lesion.score, severity),
+                             severity_label(pred, severity), "+".join(used),
+                             used.get("multispectral") == "simulated",
+                             f"{predictions['clinical_only'][i]:.6f}"])
+
+
+def plot_score_distribution(path: Path, true: np.ndarray, pred: np.ndarray) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(0, 1, 21)
+    ax.hist(true, bins=bins, alpha=0.5, label="true")
+    ax.hist(pred, bins=bins, alpha=0.5, label="predicted")
+    ax.set(xlabel="pigmentation score", ylabel="lesions", title="Score distribution")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_severity_distribution(path: Path, counts: dict[str, dict[str, int]]) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.arange(len(LABELS))
+    ax.bar(x - 0.2, [counts["true"][k] for k in LABELS], width=0.4, label="true")
+    ax.bar(x + 0.2, [counts["pred"][k] for k in LABELS], width=0.4, label="predicted")
+    ax.set_xticks(x, LABELS)
+    ax.set(ylabel="lesions", title="Severity distribution")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_pred_vs_true(path: Path, true: np.ndarray, pred: np.ndarray, summary: dict[str, Any]) -> None:
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(true, pred, s=10, alpha=0.6)
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    for t in summary["severity_thresholds"].values():
+        ax.axvline(t, color="grey", lw=0.5)
+        ax.axhline(t, color="grey", lw=0.5)
+    o = summary["overall"]
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="true score", ylabel="predicted score",
+           title=f"MAE {o['mae']:.3f}  (mean predictor {summary['baseline_mean']['mae']:.3f})")
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def print_summary(summary: dict[str, Any], out: Path) -> None:
+    o, b = summary["overall"], summary["baseline_mean"]
+    print(f"{summary['n_lesions']} lesions ({summary['split']}), model {summary['model_version']}")
+    print(f"  MAE {o['mae']:.4f}  RMSE {o['rmse']:.4f}  Spearman {_fmt(o['spearman'])}  "
+          f"severity accuracy {o['severity_accuracy']:.3f}  kappa {_fmt(o['quadratic_kappa'])}")
+    print(f"  mean predictor MAE {b['mae']:.4f}  (ratio {_fmt(summary['mae_ratio_to_baseline'])})")
+    for name, block in summary["subsets"].items():
+        if block["n"]:
+            print(f"  {name:<24} n={block['n']:<5} MAE {block['mae']:.4f}  "
+                  f"(clinical only on the same lesions {block['clinical_only_mae']:.4f})")
+    print(f"wrote {out}/summary.json, metrics.csv and plots")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+if __name__ == "__main__":
+    main()
