@@ -1,0 +1,199 @@
+"""Dataset indexing, the patient split, and LesionDataset's tensors, augmentation and modality dropout."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.config import DataConfig
+from model.preprocessing import InputError
+from tests.lesion_data import make_layout, write_image, write_labels
+from training.data import (
+    Lesion,
+    LesionDataset,
+    augment_paired,
+    drop_modalities,
+    index_dataset,
+    split_by_patient,
+)
+
+CFG = DataConfig(image_size=32)
+IDS = ["a", "b", "c", "d"]
+
+
+def test_lesions_are_matched_by_stem_whatever_the_extension_case(tmp_path):
+    make_layout(tmp_path, ["a", "b"], dermoscopy=[], labelled=["a", "b"])
+    (tmp_path / "clinical/images/b.jpg").rename(tmp_path / "clinical/images/b.JPEG")
+    write_image(tmp_path / "dermoscopy/images/a.PNG", seed=9)
+    write_image(tmp_path / "multispectral/images/b.bmp", seed=8)
+    (tmp_path / "clinical/images/notes.txt").write_text("ignored")
+    lesions = {x.lesion_id: x for x in index_dataset(tmp_path).lesions}
+    assert lesions["a"].dermoscopy.name == "a.PNG" and lesions["a"].multispectral is None
+    assert lesions["b"].clinical.name == "b.JPEG" and lesions["b"].multispectral.name == "b.bmp"
+
+
+def test_missing_labels_csv_is_an_error_naming_the_file(tmp_path):
+    make_layout(tmp_path, IDS)
+    (tmp_path / "labels.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"labels\.csv.*lesion_id,score"):
+        index_dataset(tmp_path)
+
+
+def test_missing_clinical_folder_is_an_error_naming_the_folder(tmp_path):
+    write_labels(tmp_path, [{"lesion_id": "a", "score": 0.5}])
+    with pytest.raises(FileNotFoundError, match=r"clinical/images"):
+        index_dataset(tmp_path)
+
+
+def test_two_images_with_one_stem_is_an_error_naming_both_files(tmp_path):
+    make_layout(tmp_path, IDS)
+    write_image(tmp_path / "dermoscopy/images/a.jpg", seed=5)
+    with pytest.raises(ValueError, match=r"a\.jpg.*a\.png|a\.png.*a\.jpg") as info:
+        index_dataset(tmp_path)
+    assert "dermoscopy" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["1.7", "-0.1", "high", "nan"])
+def test_a_bad_score_is_an_error_naming_the_file_and_line(tmp_path, bad):
+    make_layout(tmp_path, IDS)
+    write_labels(tmp_path, [{"lesion_id": i, "score": 0.5} for i in IDS[:2]] + [{"lesion_id": "c", "score": bad}])
+    with pytest.raises(ValueError, match=rf"labels\.csv, line 4: score '?{bad}'?"):
+        index_dataset(tmp_path)
+
+
+def test_a_repeated_lesion_id_in_labels_is_an_error(tmp_path):
+    make_layout(tmp_path, IDS)
+    write_labels(tmp_path, [{"lesion_id": "a", "score": 0.1}, {"lesion_id": "a", "score": 0.2}])
+    with pytest.raises(ValueError, match="line 3: lesion_id 'a' appears twice"):
+        index_dataset(tmp_path)
+
+
+def test_lesions_without_clinical_image_or_label_are_counted_and_logged(tmp_path, caplog):
+    make_layout(tmp_path, ["a", "b", "c"], dermoscopy=["a", "x"], labelled=["a", "b", "y"])
+    write_labels(tmp_path, [{"lesion_id": "a", "score": 0.1}, {"lesion_id": "b", "score": ""},
+                            {"lesion_id": "y", "score": 0.3}])
+    with caplog.at_level(logging.WARNING):
+        index = index_dataset(tmp_path)
+    assert [x.lesion_id for x in index.lesions] == ["a"]
+    assert index.skipped["no_label"] == ["b", "c"]  # b: empty score cell; c: no row
+    assert index.skipped["no_clinical_image"] == ["x", "y"]  # x: dermoscopy only; y: label only
+    assert "no clinical image" in caplog.text and "no label" in caplog.text
+
+
+def test_without_patient_id_each_lesion_is_its_own_patient_and_extra_columns_are_ignored(tmp_path):
+    make_layout(tmp_path, IDS)
+    write_labels(tmp_path, [{"lesion_id": i, "score": 0.5, "site": "arm"} for i in IDS])
+    assert [x.patient_id for x in index_dataset(tmp_path).lesions] == IDS
+
+
+def test_manifest_csv_takes_relative_and_absolute_paths_and_empty_cells(tmp_path):
+    images = make_layout(tmp_path / "imgs", ["a", "b"], multispectral=["b"])
+    write_labels(tmp_path, [
+        {"lesion_id": "a", "clinical": "imgs/clinical/images/a.jpg", "dermoscopy": "", "multispectral": "",
+         "score": 0.2, "patient_id": "p1"},
+        {"lesion_id": "b", "clinical": str(images / "clinical/images/b.jpg"),
+         "dermoscopy": "imgs/dermoscopy/images/b.png", "multispectral": "imgs/multispectral/images/b.png",
+         "score": 0.9, "patient_id": "p2"},
+        {"lesion_id": "c", "clinical": "", "dermoscopy": "", "multispectral": "", "score": 0.5, "patient_id": "p3"},
+    ], name="manifest.csv")
+    index = index_dataset(tmp_path / "manifest.csv")
+    a, b = index.lesions
+    assert a.dermoscopy is None and a.patient_id == "p1" and a.score == 0.2
+    assert b.clinical.is_absolute() and b.multispectral.name == "b.png"
+    assert index.skipped["no_clinical_image"] == ["c"]
+
+
+def test_manifest_path_to_a_missing_file_is_an_error_naming_line_and_path(tmp_path):
+    write_labels(tmp_path, [{"lesion_id": "a", "clinical": "nowhere/a.jpg", "score": 0.2}], name="m.csv")
+    with pytest.raises(FileNotFoundError, match=r"m\.csv, line 2: clinical image .*nowhere/a\.jpg"):
+        index_dataset(tmp_path / "m.csv")
+
+
+def _lesions(n: int, patients: int) -> list[Lesion]:
+    return [Lesion(f"L{i:03d}", Path(f"L{i}.jpg"), i / n, f"P{i % patients}") for i in range(n)]
+
+
+def test_patient_split_never_puts_a_patient_on_both_sides():
+    train, val = split_by_patient(_lesions(200, 37), val_fraction=0.2, seed=3)
+    assert not {x.patient_id for x in train} & {x.patient_id for x in val}
+    assert len(train) + len(val) == 200 and 30 <= len(val) <= 50
+
+
+def test_patient_split_is_reproducible_with_its_seed_and_ignores_file_order():
+    lesions = _lesions(100, 30)
+    first = split_by_patient(lesions, 0.2, seed=7)[1]
+    again = split_by_patient(list(reversed(lesions)), 0.2, seed=7)[1]
+    other = split_by_patient(lesions, 0.2, seed=8)[1]
+    assert {x.lesion_id for x in first} == {x.lesion_id for x in again}
+    assert {x.lesion_id for x in first} != {x.lesion_id for x in other}
+
+
+def test_a_single_patient_cannot_be_split():
+    with pytest.raises(ValueError, match="one patient"):
+        split_by_patient(_lesions(10, 1))
+
+
+@pytest.mark.parametrize("simulate", [True, False])
+def test_dataset_sample_has_every_modality_shape_and_the_aux_mask(tmp_path, simulate):
+    make_layout(tmp_path, ["a", "b", "c"], dermoscopy=["a", "b"], multispectral=["a"])
+    cfg = DataConfig(image_size=32, simulate_multispectral=simulate)
+    dataset = LesionDataset(index_dataset(tmp_path).lesions, cfg, train=False)
+    a, b, c = dataset[0], dataset[1], dataset[2]
+    for sample in (a, b, c):
+        assert all(sample[m].shape == (3, 32, 32) and sample[m].dtype == torch.float32
+                   for m in ("clinical", "dermoscopy", "multispectral"))
+        assert sample["score"].dtype == torch.float32 and sample["score"].shape == ()
+    assert a["aux_mask"].tolist() == [True, True]
+    assert b["aux_mask"].tolist() == [True, simulate]
+    assert c["aux_mask"].tolist() == [False, simulate]
+    assert not c["dermoscopy"].any()
+    assert b["multispectral"].any() == simulate
+
+
+def test_augmentation_uses_one_draw_for_every_modality():
+    torch.manual_seed(0)
+    image = torch.randn(3, 16, 16)
+    seen = set()
+    for _ in range(40):
+        out = augment_paired({"clinical": image, "dermoscopy": image.clone(), "multispectral": image.clone()})
+        assert torch.equal(out["clinical"], out["dermoscopy"]) and torch.equal(out["clinical"], out["multispectral"])
+        seen.add(out["clinical"].flatten()[:4].tolist().__repr__())
+    assert len(seen) == 8  # all rotations and flips occur
+
+
+def test_training_samples_are_exact_symmetries_of_the_eval_tensors(tmp_path):
+    make_layout(tmp_path, ["a"])
+    lesions = index_dataset(tmp_path).lesions
+    evaluation = LesionDataset(lesions, CFG, train=False)[0]["dermoscopy"]
+    augmented = LesionDataset(lesions, CFG, train=True)[0]["dermoscopy"]
+    symmetries = [torch.rot90(evaluation, k, (1, 2)).flip(2) if f else torch.rot90(evaluation, k, (1, 2))
+                  for k in range(4) for f in (0, 1)]
+    assert any(torch.equal(augmented, s) for s in symmetries)
+
+
+def test_modality_dropout_clears_aux_bits_but_never_the_clinical_image():
+    sample = {"clinical": torch.ones(3, 4, 4), "dermoscopy": torch.ones(3, 4, 4),
+              "multispectral": torch.ones(3, 4, 4), "aux_mask": torch.tensor([True, True])}
+    dropped = drop_modalities(sample, p=1.0)
+    assert dropped["aux_mask"].tolist() == [False, False] and "clinical" not in dropped
+    assert not dropped["dermoscopy"].any() and not dropped["multispectral"].any()
+    assert drop_modalities(sample, p=0.0)["aux_mask"].tolist() == [True, True]
+
+
+def test_a_corrupt_image_is_an_error_naming_the_file(tmp_path):
+    make_layout(tmp_path, IDS)
+    (tmp_path / "dermoscopy/images/b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    dataset = LesionDataset(index_dataset(tmp_path).lesions, CFG, train=False)
+    with pytest.raises(InputError, match=r"dermoscopy/images/b\.png.*skip_bad_images"):
+        dataset.preload()
+
+
+def test_skip_bad_images_skips_and_returns_the_lesion(tmp_path):
+    make_layout(tmp_path, IDS)
+    (tmp_path / "clinical/images/c.jpg").write_bytes(b"not an image")
+    dataset = LesionDataset(index_dataset(tmp_path).lesions, CFG, train=False, cache=True)
+    assert dataset.preload(skip_bad_images=True) == ["c"]
+    assert [dataset[i]["lesion_id"] for i in range(len(dataset))] == ["a", "b", "d"]
