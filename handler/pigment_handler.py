@@ -1,0 +1,97 @@
+"""TorchServe entry point of pigment.mar: a thin adapter from TorchServe's context to :class:`Predictor`.
+
+BaseHandler.handle stays as is (preprocess -> inference -> postprocess, HandlerTime, profiling); this class only
+translates the context: the checkpoint named by the manifest, the device from ``gpu_id``, the ``handler:``
+section of model-config.yaml, per-request HTTP statuses and the custom metrics declared in
+serve_config/metrics.yaml (TorchServe drops metrics that file does not declare).
+
+The archive is extracted into a temporary model dir on ``sys.path``, with ``model/`` and ``handler/`` staged as
+packages beside this file (scripts/build_mar.sh); this file is not named ``handler.py`` because that would
+shadow the ``handler`` package.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+from ts.metrics.dimension import Dimension
+from ts.torch_handler.base_handler import BaseHandler
+
+from handler.predictor import Failure, Predictor, PredictorOptions, Sample
+from model.config import from_dict
+
+log = logging.getLogger(__name__)
+
+
+class PigmentHandler(BaseHandler):
+    """One answer per request: a score, or a 4xx with ``{"error", "field", "status"}`` for that request only."""
+
+    def initialize(self, context: Any) -> None:
+        """Build the predictor from the archived checkpoint; nothing else is loaded or downloaded."""
+        self.context = context
+        self.manifest = context.manifest
+        properties = context.system_properties
+        model_yaml = context.model_yaml_config or {}
+        options = from_dict(PredictorOptions, model_yaml.get("handler"), "handler")
+        threads = options.threads or _threads_per_worker(model_yaml.get("maxWorkers", 1))
+        torch.set_num_threads(threads)
+        self.device = _device(properties.get("gpu_id"))
+        checkpoint = os.path.join(properties["model_dir"], self.manifest["model"]["serializedFile"])
+        self.predictor = Predictor(checkpoint, options, self.device)
+        log.info("pigment handler ready: %d torch threads, code from %s", threads, os.path.dirname(__file__))
+        self.initialized = True
+
+    def preprocess(self, data: list[Any]) -> list[Sample | Failure]:
+        """Decode and validate each request; a bad one gets its own status now, the others go on."""
+        start = time.perf_counter()
+        prepared = self.predictor.prepare(data)
+        for idx, item in enumerate(prepared):
+            self.context.set_response_content_type(idx, "application/json")
+            if isinstance(item, Failure):
+                # The reason phrase must be one short line; the JSON body carries the full message.
+                self.context.set_response_status(item.status, http.HTTPStatus(item.status).phrase, idx=idx)
+        self._count(prepared)
+        self._time("PigmentPreprocessTime", start)
+        return prepared
+
+    def inference(self, prepared: list[Sample | Failure], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        """One batched forward for all valid requests, then one answer per request in order."""
+        start = time.perf_counter()
+        answers = self.predictor.answer(prepared)
+        self._time("PigmentInferenceTime", start)
+        rejected = sum(isinstance(p, Failure) for p in prepared)
+        log.info("batch of %d: %d answered, %d rejected", len(prepared), len(prepared) - rejected, rejected)
+        return answers
+
+    def postprocess(self, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return answers
+
+    def _count(self, prepared: list[Sample | Failure]) -> None:
+        metrics = self.context.metrics
+        for item in prepared:
+            # Always pass a fresh list: TorchServe appends its default dimensions to the list it is given.
+            if isinstance(item, Failure):
+                metrics.add_counter("PigmentRejectedRequests", 1, dimensions=[Dimension("Status", str(item.status))])
+            else:
+                metrics.add_counter("PigmentRequests", 1, dimensions=[Dimension("Modalities", item.subset)])
+
+    def _time(self, name: str, start: float) -> None:
+        self.context.metrics.add_time(name, round((time.perf_counter() - start) * 1000, 3), dimensions=[])
+
+
+def _device(gpu_id: int | None) -> torch.device:
+    """``cuda:<gpu_id>`` when TorchServe assigned a GPU (deviceType gpu) and CUDA works, else CPU."""
+    if gpu_id is not None and torch.cuda.is_available():
+        return torch.device(f"cuda:{gpu_id}")
+    return torch.device("cpu")
+
+
+def _threads_per_worker(max_workers: int) -> int:
+    """Torch threads per worker so that ``maxWorkers`` workers together use at most the cores we may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, int(max_workers)))
