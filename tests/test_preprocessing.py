@@ -1,0 +1,66 @@
+"""Train/serve parity: the served tensor equals the validation dataset's tensor bit for bit, for every modality."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.config import DataConfig
+from model.preprocessing import preprocess_bytes
+from tests.lesion_data import make_layout, write_image
+from training.data import LesionDataset, index_dataset
+
+# 64 px with JPEG draft decoding on: the clinical JPEG is big enough that draft scaling actually applies.
+DATA_CFG = DataConfig(image_size=64, jpeg_draft=True)
+
+
+@pytest.fixture
+def lesion_dir(tmp_path):
+    """Lesion "a" has all three files; lesion "b" has no multispectral file (simulated from its dermoscopy)."""
+    make_layout(tmp_path, ["a", "b"], multispectral=["a"])
+    write_image(tmp_path / "clinical/images/a.jpg", seed=11, size=(400, 300))
+    return tmp_path
+
+
+def _val_sample(root, lesion_id: str, cfg: DataConfig = DATA_CFG) -> dict:
+    dataset = LesionDataset(index_dataset(root).lesions, cfg, train=False)
+    return next(dataset[i] for i in range(len(dataset)) if dataset[i]["lesion_id"] == lesion_id)
+
+
+@pytest.mark.parametrize("modality, folder, suffix", [
+    ("clinical", "clinical", ".jpg"),
+    ("dermoscopy", "dermoscopy", ".png"),
+    ("multispectral", "multispectral", ".png"),
+])
+def test_served_tensor_is_identical_to_validation_tensor(lesion_dir, modality, folder, suffix):
+    served = preprocess_bytes((lesion_dir / folder / "images" / f"a{suffix}").read_bytes(), modality, DATA_CFG)
+    val = _val_sample(lesion_dir, "a")[modality]
+    torch.testing.assert_close(served, val, rtol=0, atol=0)
+
+
+def test_simulated_multispectral_is_the_served_multispectral_view_of_the_dermoscopy_bytes(lesion_dir):
+    served = preprocess_bytes((lesion_dir / "dermoscopy/images/b.png").read_bytes(), "multispectral", DATA_CFG)
+    val = _val_sample(lesion_dir, "b")
+    assert val["aux_mask"].tolist() == [True, True]
+    torch.testing.assert_close(served, val["multispectral"], rtol=0, atol=0)
+
+
+def test_without_dermoscopy_the_multispectral_view_is_simulated_from_the_clinical_photo(tmp_path):
+    make_layout(tmp_path, ["a"], dermoscopy=[])
+    served = preprocess_bytes((tmp_path / "clinical/images/a.jpg").read_bytes(), "multispectral", DATA_CFG)
+    torch.testing.assert_close(served, _val_sample(tmp_path, "a")["multispectral"], rtol=0, atol=0)
+
+
+def test_parity_holds_without_jpeg_draft_too(lesion_dir):
+    cfg = DataConfig(image_size=64, jpeg_draft=False)
+    served = preprocess_bytes((lesion_dir / "clinical/images/a.jpg").read_bytes(), "clinical", cfg)
+    torch.testing.assert_close(served, _val_sample(lesion_dir, "a", cfg)["clinical"], rtol=0, atol=0)
+
+
+def test_cached_tensors_equal_freshly_decoded_ones(lesion_dir):
+    lesions = index_dataset(lesion_dir).lesions
+    cached = LesionDataset(lesions, DATA_CFG, train=False, cache=True)
+    cached.preload()
+    fresh = LesionDataset(lesions, DATA_CFG, train=False)
+    for m in ("clinical", "dermoscopy", "multispectral"):
+        torch.testing.assert_close(cached[1][m], fresh[1][m], rtol=0, atol=0)
