@@ -1,0 +1,68 @@
+"""Send 1 to 3 lesion images to a running pigment TorchServe and print its JSON answer.
+
+    python scripts/client.py --clinical lesion.jpg [--dermoscopy derm.jpg] [--multispectral ms.png] [--json]
+
+The inference key comes from the server's key_file.json (scripts/start_server.sh writes it to logs/). The
+images go as multipart/form-data fields clinical_image, dermoscopy_image, multispectral_image, or with --json as
+one JSON object of base64 strings under the same names. Exits 0 on a score, 1 on an error answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from pathlib import Path
+
+import requests
+
+FIELDS = ("clinical", "dermoscopy", "multispectral")
+
+
+def read_key(key_file: Path, kind: str = "inference") -> str:
+    """The ``inference`` or ``management`` key TorchServe wrote at startup."""
+    if not key_file.is_file():
+        raise SystemExit(f"{key_file}: no key file; start the server with scripts/start_server.sh, or pass "
+                         f"--key-file (it lies in the directory TorchServe was started from)")
+    return json.loads(key_file.read_text())[kind]["key"]
+
+
+def predict(url: str, key: str, images: dict[str, Path], as_json: bool = False, timeout: float = 60.0):
+    """POST the images; returns the ``requests.Response`` (answer or error JSON)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    if as_json:
+        body = {f"{m}_image": base64.b64encode(p.read_bytes()).decode("ascii") for m, p in images.items()}
+        return requests.post(url, json=body, headers=headers, timeout=timeout)
+    files = {f"{m}_image": (p.name, p.read_bytes()) for m, p in images.items()}
+    return requests.post(url, files=files, headers=headers, timeout=timeout)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clinical", type=Path, required=True, help="clinical photo (required)")
+    parser.add_argument("--dermoscopy", type=Path, help="dermoscopy image (optional)")
+    parser.add_argument("--multispectral", type=Path, help="multispectral capture (optional)")
+    parser.add_argument("--json", action="store_true", help="send a JSON body of base64 strings, not multipart")
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="the inference address")
+    parser.add_argument("--model", default="pigment")
+    parser.add_argument("--key-file", type=Path, default=Path("logs/key_file.json"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    images = {m: getattr(args, m) for m in FIELDS if getattr(args, m) is not None}
+    for path in images.values():
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such file")
+    response = predict(f"{args.url.rstrip('/')}/predictions/{args.model}", read_key(args.key_file), images, args.json)
+    try:
+        print(json.dumps(response.json(), indent=2))
+    except ValueError:
+        print(f"HTTP {response.status_code}: {response.text}")
+    return 0 if response.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""End to end against a real TorchServe on loopback: one server for the whole file (startup is ~10-20 s).
+
+The archive is built from the tiny checkpoint with maxBatchDelay=300 ms, so requests sent together land in one
+batch; the offline reference is the same Predictor the handler uses, run in this process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from handler.predictor import Predictor
+from tests.images import SUBSETS, image_bytes, request_for
+from tests.torchserve_harness import java_available, served_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH_DELAY_MS = 300
+
+pytestmark = pytest.mark.skipif(not java_available(), reason="TorchServe needs Java 17 (scripts/ensure_java.sh)")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, tmp_path_factory):
+    with served_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("torchserve"),
+                           maxBatchDelay=BATCH_DELAY_MS) as ts:
+        yield ts
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_checkpoint) -> Predictor:
+    return Predictor(tiny_checkpoint)
+
+
+def post(server, request: dict[str, bytes], headers: dict | None = None) -> requests.Response:
+    files = {name: (f"{name}.png", data) for name, data in request.items()}
+    return requests.post(f"{server.inference_url}/predictions/pigment", files=files,
+                         headers=server.auth() if headers is None else headers, timeout=60)
+
+
+def post_together(server, batch: list[dict[str, bytes]]) -> list[requests.Response]:
+    """Send all requests at the same instant (a barrier), so TorchServe batches them."""
+    barrier = threading.Barrier(len(batch))
+
+    def send(request):
+        barrier.wait()
+        return post(server, request)
+
+    with ThreadPoolExecutor(len(batch)) as pool:
+        return list(pool.map(send, batch))
+
+
+def assert_same_answer(served: dict, expected: dict) -> None:
+    """Equal up to the documented rounding: 4 decimals, and float noise across batch compositions."""
+    assert served.keys() == expected.keys()
+    assert abs(served["score"] - expected["score"]) <= 1e-4
+    for token, weight in expected["attention"].items():
+        assert abs(served["attention"][token] - weight) <= 1e-4
+    rest = [k for k in expected if k not in ("score", "attention")]
+    assert {k: served[k] for k in rest} == {k: expected[k] for k in rest}
+
+
+def batch_log_lines(server) -> list[tuple[int, int, int]]:
+    text = (server.log_dir / "model_log.log").read_text(errors="replace")
+    return [tuple(map(int, m)) for m in re.findall(r"batch of (\d+): (\d+) answered, (\d+) rejected", text)]
+
+
+@pytest.mark.parametrize("subset", [SUBSETS[0], SUBSETS[1], SUBSETS[3]], ids="+".join)
+def test_answers_with_one_two_and_three_modalities_equal_offline_inference(server, offline, subset):
+    request = request_for(subset, seed=100 + len(subset))
+    response = post(server, request)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert_same_answer(response.json(), offline.predict([request])[0])
+
+
+def test_a_json_body_of_base64_images_equals_multipart(server):
+    request = request_for(SUBSETS[2], seed=7)
+    body = {name: base64.b64encode(data).decode() for name, data in request.items()}
+    as_json = requests.post(f"{server.inference_url}/predictions/pigment", json=body, headers=server.auth(),
+                            timeout=60)
+    assert as_json.status_code == 200, as_json.text
+    assert as_json.json() == post(server, request).json()
+
+
+def test_sixteen_concurrent_mixed_requests_each_equal_their_single_answer(server):
+    batch = [request_for(SUBSETS[i % len(SUBSETS)], seed=200 + i) for i in range(16)]
+    singles = [post(server, r).json() for r in batch]
+    assert len({s["score"] for s in singles}) > 8, "test images should give distinguishable scores"
+    before = len(batch_log_lines(server))
+    together = post_together(server, batch)
+    assert [r.status_code for r in together] == [200] * 16
+    for response, single in zip(together, singles):
+        assert_same_answer(response.json(), single)
+    sizes = [size for size, _, _ in batch_log_lines(server)[before:]]
+    assert max(sizes) > 1 and max(sizes) <= 8, f"expected batching under batchSize 8, got batch sizes {sizes}"
+
+
+def test_bad_requests_get_their_own_4xx_naming_the_field_while_the_batch_succeeds(server, offline):
+    good = [request_for(SUBSETS[i], seed=300 + i) for i in range(3)]
+    bad = [({"dermoscopy_image": image_bytes(1)}, 400, "clinical_image"),
+           ({"clinical_image": b"this is a text file, not a photo"}, 415, "clinical_image"),
+           ({"photo": image_bytes(2), "xray": image_bytes(3)}, 400, "photo,xray")]
+    before = len(batch_log_lines(server))
+    responses = post_together(server, [good[0], bad[0][0], good[1], bad[1][0], bad[2][0], good[2]])
+    answers = {0: good[0], 2: good[1], 5: good[2]}
+    for i, request in answers.items():
+        assert responses[i].status_code == 200, responses[i].text
+        assert_same_answer(responses[i].json(), offline.predict([request])[0])
+    for response, (_, status, field) in zip([responses[1], responses[3], responses[4]], bad):
+        assert response.status_code == status
+        assert response.json()["field"] == field and response.json()["status"] == status
+        assert field.split(",")[0] in response.json()["error"]
+    mixed = [(n, ok, bad) for n, ok, bad in batch_log_lines(server)[before:] if ok and bad]
+    assert mixed, "the good and the bad requests should have shared a batch"
+
+
+@pytest.mark.parametrize("api", ["inference", "management"])
+@pytest.mark.parametrize("token", [None, "wrong-token"], ids=["no-token", "wrong-token"])
+def test_requests_without_or_with_a_wrong_token_are_refused(server, api, token):
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    if api == "inference":
+        response = post(server, request_for(SUBSETS[0], seed=1), headers=headers)
+    else:
+        response = requests.get(f"{server.management_url}/models/pigment", headers=headers, timeout=10)
+    # TorchServe 0.12 answers a failed token check with 400 InvalidKeyException (not 401/403).
+    assert response.status_code in (400, 401, 403)
+    assert response.json()["type"] == "InvalidKeyException"
+
+
+def test_the_model_register_api_is_off(server):
+    register = requests.post(f"{server.management_url}/models?url=pigment.mar", headers=server.auth("management"),
+                             timeout=10)
+    unregister = requests.delete(f"{server.management_url}/models/pigment", headers=server.auth("management"),
+                                 timeout=10)
+    assert register.status_code == unregister.status_code == 405
+
+
+def test_the_management_api_scales_to_two_workers_and_back(server):
+    def scale(n):
+        response = requests.put(f"{server.management_url}/models/pigment?min_worker={n}&synchronous=true",
+                                headers=server.auth("management"), timeout=120)
+        assert response.status_code == 200, response.text
+        described = requests.get(f"{server.management_url}/models/pigment", headers=server.auth("management"),
+                                 timeout=10).json()[0]
+        return [w["status"] for w in described["workers"]]
+
+    assert scale(2) == ["READY", "READY"]
+    assert post(server, request_for(SUBSETS[1], seed=5)).status_code == 200
+    assert scale(1) == ["READY"]
+
+
+def test_the_metrics_endpoint_shows_the_custom_metrics(server):
+    post(server, request_for(SUBSETS[3], seed=9))
+    post(server, {"clinical_image": b"not an image"})
+    text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
+    assert re.search(r'PigmentRequests\{Modalities="clinical\+dermoscopy\+multispectral",ModelName="pigment"', text)
+    assert re.search(r'PigmentRejectedRequests\{Status="415",ModelName="pigment"', text)
+    assert "PigmentPreprocessTime{" in text and "PigmentInferenceTime{" in text
+
+
+def test_the_client_script_prints_the_answer(server, tmp_path, offline):
+    request = request_for(SUBSETS[1], seed=11)
+    paths = {}
+    for name, data in request.items():
+        paths[name] = tmp_path / f"{name}.png"
+        paths[name].write_bytes(data)
+    for extra in ([], ["--json"]):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "client.py"), "--clinical", str(paths["clinical_image"]),
+             "--dermoscopy", str(paths["dermoscopy_image"]), "--url", server.inference_url,
+             "--key-file", str(server.key_file), *extra], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert_same_answer(json.loads(result.stdout), offline.predict([request])[0])
