@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> Path:
 def resolve_config(args: argparse.Namespace) -> RunConfig:
     """Load the config (on resume without --config: the run's own) and write the resolved one into the run."""
     saved = args.out / "config.yaml"
+    if args.resume and not (args.out / "last.pth").is_file():
+        raise FileNotFoundError(f"{args.out / 'last.pth'}: nothing to resume; start the run without --resume")
     cfg = load_config(args.config or saved, args.overrides)
     if args.resume and saved.is_file() and load_config(saved) != cfg:
         log.warning("%s differs from the config given now; resuming with the new one", saved)
