@@ -56,7 +56,8 @@ def test_evaluate_writes_metrics_summary_and_plots_with_the_documented_keys(data
     with (tmp_path / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 24
-    assert {"lesion_id", "true_score", "pred_score", "true_severity", "pred_severity", "modalities_used"} <= set(rows[0])
+    assert {"lesion_id", "true_score", "pred_score", "true_severity", "pred_severity",
+            "modalities_used"} <= set(rows[0])
 
 
 def test_split_val_scores_exactly_the_checkpoints_validation_lesions(data, checkpoint, tmp_path):

@@ -18,7 +18,7 @@ counts as no label) are skipped, counted in :attr:`DatasetIndex.skipped` and log
 [0, 1] is an error naming the file and row, since it usually means a wrong scale for the whole file. Without a
 ``patient_id`` each lesion is its own patient.
 
-The eval tensors are exactly ``model.preprocessing.image_to_tensor(load_image(path), modality, cfg)``, the serving
+The eval tensors are exactly ``model.preprocessing.image_to_tensor(load_image(path, cfg), modality, cfg)``, the serving
 path; training augmentation (flips, 90-degree rotations) acts on those tensors with one random draw per sample, so
 all modalities of a lesion stay aligned and the eval tensors can be cached once per lesion.
 """
@@ -133,7 +133,7 @@ def _index_folder(root: Path) -> DatasetIndex:
 
 
 def find_images(folder: Path) -> dict[str, Path]:
-    """``{stem: path}`` of the images in ``folder`` (empty if it does not exist); two files with one stem is an error."""
+    """``{stem: path}`` of the images in ``folder`` (empty if missing); two files with one stem are an error."""
     if not folder.is_dir():
         return {}
     found: dict[str, Path] = {}
@@ -303,7 +303,8 @@ def lesion_tensors(lesion: Lesion, data_cfg: DataConfig) -> dict[str, Tensor]:
     missing multispectral view is simulated from the dermoscopy (else clinical) photo when the config says so.
     Unreadable files raise :class:`model.preprocessing.InputError` naming the file.
     """
-    images: dict[str, Image.Image] = {m: load_image(p, data_cfg) for m in MODALITIES if (p := lesion.path(m)) is not None}
+    paths = {m: lesion.path(m) for m in MODALITIES}
+    images: dict[str, Image.Image] = {m: load_image(p, data_cfg) for m, p in paths.items() if p is not None}
     tensors = {m: image_to_tensor(img, m, data_cfg) for m, img in images.items()}
     if "multispectral" not in tensors and data_cfg.simulate_multispectral:
         source = images.get("dermoscopy", images["clinical"])

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from model.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from model.fusion_model import FusionModel
 from training.config import RunConfig, TrainConfig, load_config, save_config
-from training.data import DatasetIndex, LesionDataset, index_dataset, select, split_by_patient
+from training.data import DatasetIndex, LesionDataset, index_dataset, split_by_patient
 
 log = logging.getLogger("training.train")
 
