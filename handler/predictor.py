@@ -35,7 +35,7 @@ from torch import Tensor
 from model.checkpoint import load_for_inference
 from model.config import AUX_MODALITIES, MODALITIES
 from model.fusion_model import ATTENTION_TOKENS
-from model.preprocessing import DEFAULT_LIMITS, ImageLimits, InputError, decode_image, image_to_tensor
+from model.preprocessing import DEFAULT_LIMITS, ImageLimits, InputError, decode_for_model, image_to_tensor
 from model.severity import severity_label
 
 log = logging.getLogger(__name__)
@@ -154,9 +154,9 @@ class Predictor:
             return Failure.from_error(error)
 
     def _decode(self, fields: dict[str, bytes]) -> Sample:
-        """Validated field bytes -> model tensors, each image decoded once."""
+        """Validated field bytes -> model tensors, each image decoded once with the checkpoint's decode policy."""
         cfg = self.loaded.data_cfg
-        decoded = {FIELDS[name]: decode_image(data, name, self.limits) for name, data in fields.items()}
+        decoded = {FIELDS[name]: decode_for_model(data, name, cfg, self.limits) for name, data in fields.items()}
         images = {m: image_to_tensor(img, m, cfg) for m, img in decoded.items()}
         simulated: tuple[str, ...] = ()
         if self.options.simulate_multispectral and "multispectral" not in images:

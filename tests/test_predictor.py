@@ -17,7 +17,7 @@ from model.config import from_dict
 from model.fusion_model import ATTENTION_TOKENS
 from model.preprocessing import preprocess_bytes
 from model.severity import LABELS
-from tests.images import SUBSETS, image_bytes, request_for
+from tests.images import SUBSETS, image_bytes, infer_single_answer, request_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,3 +153,13 @@ def test_predictor_imports_neither_torchserve_nor_training():
     code = ("import sys, handler.predictor; "
             "sys.exit(any(m.split('.')[0] in ('ts', 'training') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_answer_equals_training_infer_single_on_the_same_jpeg_files(predictor, tiny_checkpoint, tmp_path):
+    # 256 px JPEGs for a 64 px model: the DataConfig's JPEG draft decoding is in play on both paths.
+    request = request_for(("clinical", "dermoscopy", "multispectral"), seed=12, fmt="JPEG", size=256)
+    offline = infer_single_answer(tiny_checkpoint, request, tmp_path)
+    (answer,) = predictor.predict([request])
+    assert answer["score"] == round(offline["score"], 4)
+    assert answer["severity"] == offline["severity"] and answer["modalities"] == offline["modalities_used"]
+    assert answer["attention"] == {t: round(w, 4) for t, w in offline["attention"].items()}

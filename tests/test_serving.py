@@ -1,7 +1,7 @@
 """End to end against a real TorchServe on loopback: one server for the whole file (startup is ~10-20 s).
 
 The archive is built from the tiny checkpoint with maxBatchDelay=300 ms, so requests sent together land in one
-batch; the offline reference is the same Predictor the handler uses, run in this process.
+batch. Offline references: ``training.infer_single`` (the offline CLI's function) and the Predictor in-process.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import pytest
 import requests
 
 from handler.predictor import Predictor
-from tests.images import SUBSETS, image_bytes, request_for
+from model.checkpoint import load_for_inference
+from tests.images import SUBSETS, image_bytes, request_for, write_request
 from tests.torchserve_harness import java_available, served_checkpoint
+from training.infer_single import predict_files
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH_DELAY_MS = 300
@@ -74,12 +76,19 @@ def batch_log_lines(server) -> list[tuple[int, int, int]]:
 
 
 @pytest.mark.parametrize("subset", [SUBSETS[0], SUBSETS[1], SUBSETS[3]], ids="+".join)
-def test_answers_with_one_two_and_three_modalities_equal_offline_inference(server, offline, subset):
-    request = request_for(subset, seed=100 + len(subset))
+def test_answers_with_one_two_and_three_modalities_equal_training_infer_single(server, tiny_checkpoint, subset,
+                                                                               tmp_path):
+    # Phone-like JPEGs, larger than the model's input, so decoding (JPEG draft) and resizing are compared too.
+    request = request_for(subset, seed=100 + len(subset), fmt="JPEG", size=256)
     response = post(server, request)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/json")
-    assert_same_answer(response.json(), offline.predict([request])[0])
+    served = response.json()
+    offline = predict_files(load_for_inference(tiny_checkpoint), write_request(request, tmp_path))
+    assert abs(served["score"] - offline["score"]) <= 1e-4
+    assert served["severity"] == offline["severity"] and served["modalities"] == offline["modalities_used"]
+    assert all(abs(served["attention"][t] - w) <= 1e-4 for t, w in offline["attention"].items())
+    assert served["model_version"] == offline["model_version"] == "tiny-test"
 
 
 def test_a_json_body_of_base64_images_equals_multipart(server):
