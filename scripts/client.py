@@ -1,8 +1,9 @@
 """Send 1 to 3 lesion images to a running pigment TorchServe and print its JSON answer.
 
     python scripts/client.py --clinical lesion.jpg [--dermoscopy derm.jpg] [--multispectral ms.png] [--json]
+    python scripts/client.py --run-dir /path/to/run --clinical lesion.jpg      # a server started elsewhere
 
-The inference key comes from the server's key_file.json (scripts/start_server.sh writes it to logs/). The
+The inference key and port come from the server's run directory (scripts/start_server.sh: logs/). The
 images go as multipart/form-data fields clinical_image, dermoscopy_image, multispectral_image, or with --json as
 one JSON object of base64 strings under the same names. Exits 0 on a score, 1 on an error answer.
 """
@@ -44,10 +45,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dermoscopy", type=Path, help="dermoscopy image (optional)")
     parser.add_argument("--multispectral", type=Path, help="multispectral capture (optional)")
     parser.add_argument("--json", action="store_true", help="send a JSON body of base64 strings, not multipart")
-    parser.add_argument("--url", default="http://127.0.0.1:8080", help="the inference address")
+    parser.add_argument("--run-dir", type=Path, default=Path("logs"),
+                        help="the server's run directory (scripts/start_server.sh: logs/): its key file and ports")
+    parser.add_argument("--url", help="the inference address (default: from RUN_DIR/server.json, else :8080)")
+    parser.add_argument("--key-file", type=Path, help="default: RUN_DIR/key_file.json")
     parser.add_argument("--model", default="pigment")
-    parser.add_argument("--key-file", type=Path, default=Path("logs/key_file.json"))
     return parser.parse_args(argv)
+
+
+def inference_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return args.url.rstrip("/")
+    state = args.run_dir / "server.json"
+    port = json.loads(state.read_text())["ports"]["inference"] if state.is_file() else 8080
+    return f"http://127.0.0.1:{port}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in images.values():
         if not path.is_file():
             raise SystemExit(f"{path}: no such file")
-    response = predict(f"{args.url.rstrip('/')}/predictions/{args.model}", read_key(args.key_file), images, args.json)
+    key = read_key(args.key_file or args.run_dir / "key_file.json")
+    response = predict(f"{inference_url(args)}/predictions/{args.model}", key, images, args.json)
     try:
         print(json.dumps(response.json(), indent=2))
     except ValueError:

@@ -7,6 +7,7 @@ matters: TorchServe keeps its pid file (``$TMPDIR/.model_server.pid``), its work
 machine (a developer's and a test's) would otherwise stop or talk to each other.
 
     python scripts/local_torchserve.py start --model-store model_store --run-dir logs
+    python scripts/local_torchserve.py status --run-dir logs    # exit 0 when the model is READY
     python scripts/local_torchserve.py stop --run-dir logs
 """
 
@@ -266,7 +267,18 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--timeout", type=float, default=180.0)
     stop = sub.add_parser("stop", help="stop the TorchServe started with this run dir")
     stop.add_argument("--run-dir", default="logs")
+    status = sub.add_parser("status", help="exit 0 if the TorchServe of this run dir serves a READY model")
+    status.add_argument("--run-dir", default="logs")
     args = parser.parse_args(argv)
+
+    if args.command == "status":
+        if not (Path(args.run_dir) / STATE_FILE).is_file():
+            print(f"no server state in {args.run_dir}/{STATE_FILE}; not running")
+            return 1
+        server = LocalTorchServe.from_run_dir(args.run_dir)
+        ready = server.server_pid() is not None and server.ready()
+        print(f"{server.model_name} {'ready' if ready else 'not ready'} at {server.inference_url}")
+        return 0 if ready else 1
 
     if args.command == "stop":
         run_dir = Path(args.run_dir)

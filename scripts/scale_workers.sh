@@ -7,8 +7,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 WORKERS=${1:?usage: $0 NUMBER_OF_WORKERS}
-KEY_FILE=${KEY_FILE:-${RUN_DIR:-$ROOT/logs}/key_file.json}
-MANAGEMENT=${MANAGEMENT_URL:-http://127.0.0.1:8081}
+RUN_DIR=${RUN_DIR:-$ROOT/logs}
+KEY_FILE=${KEY_FILE:-$RUN_DIR/key_file.json}
+PORT=$("$PY" -c 'import json, sys, pathlib; p = pathlib.Path(sys.argv[1]); print(json.loads(p.read_text())["ports"]["management"] if p.is_file() else 8081)' "$RUN_DIR/server.json")
+MANAGEMENT=${MANAGEMENT_URL:-http://127.0.0.1:$PORT}
 KEY=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["management"]["key"])' "$KEY_FILE")
 
 # synchronous=true: the call returns once the workers are started (or stopped).

@@ -185,7 +185,7 @@ def test_the_client_script_prints_the_answer(server, tmp_path, offline):
     for extra in ([], ["--json"]):
         result = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "client.py"), "--clinical", str(paths["clinical_image"]),
-             "--dermoscopy", str(paths["dermoscopy_image"]), "--url", server.inference_url,
-             "--key-file", str(server.key_file), *extra], capture_output=True, text=True, timeout=60)
+             "--dermoscopy", str(paths["dermoscopy_image"]), "--run-dir", str(server.run_dir), *extra],
+            capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
         assert_same_answer(json.loads(result.stdout), offline.predict([request])[0])
