@@ -31,7 +31,7 @@ import numpy as np
 
 from model.checkpoint import LoadedModel, load_for_inference
 from model.config import AUX_MODALITIES
-from model.preprocessing import image_to_tensor, load_image
+from model.preprocessing import load_image, preprocess_path
 from model.saliency import aux_mask_for, explain, overlay_base64, overlay_png
 from model.severity import severity_label
 from training.data import index_dataset, lesion_tensors
@@ -43,8 +43,9 @@ REPORT_FILE = "lesion_heat_report.json"
 def explain_files(loaded: LoadedModel, paths: dict[str, Path], out_dir: Path | None,
                   inline: bool = False) -> dict[str, Any]:
     """Explain one lesion given as image files -> ``{score, severity, heatmaps: {modality: {path | png_base64}}}``."""
-    images = {m: load_image(p) for m, p in paths.items()}
-    tensors = {m: image_to_tensor(img, m, loaded.data_cfg).unsqueeze(0) for m, img in images.items()}
+    images = {m: load_image(p) for m, p in paths.items()}  # full size, for the overlays
+    # The model sees exactly what serving feeds it (the data config's decode policy, e.g. JPEG draft decoding).
+    tensors = {m: preprocess_path(p, m, loaded.data_cfg).unsqueeze(0) for m, p in paths.items()}
     result = explain(loaded.model, tensors, aux_mask_for(tensors))
     heatmaps: dict[str, dict[str, Any]] = {}
     for modality, heat in result.heatmaps.items():
