@@ -22,7 +22,7 @@ import torch
 from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler.predictor import Failure, Predictor, PredictorOptions, Sample
+from handler.predictor import Failure, Predictor, PredictorOptions, Sample, repeated_part_failure
 from model.config import from_dict
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,8 @@ class PigmentHandler(BaseHandler):
     def preprocess(self, data: list[Any]) -> list[Sample | Failure]:
         """Decode and validate each request; a bad one gets its own status now, the others go on."""
         start = time.perf_counter()
-        prepared = self.predictor.prepare(data)
+        prepared = [self._repeated_part(idx, request) or item
+                    for idx, (request, item) in enumerate(zip(data, self.predictor.prepare(data)))]
         for idx, item in enumerate(prepared):
             self.context.set_response_content_type(idx, "application/json")
             if isinstance(item, Failure):
@@ -70,6 +71,11 @@ class PigmentHandler(BaseHandler):
 
     def postprocess(self, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return answers
+
+    def _repeated_part(self, idx: int, request: Any) -> Failure | None:
+        """A field sent twice in one multipart body (TorchServe hands us only its last copy), from Content-Length."""
+        headers = {k.lower(): v for k, v in self.context.get_all_request_header(idx).items() if isinstance(v, str)}
+        return repeated_part_failure(request, headers.get("content-type"), headers.get("content-length"))
 
     def _count(self, prepared: list[Sample | Failure]) -> None:
         metrics = self.context.metrics

@@ -196,6 +196,33 @@ def read_fields(request: Any) -> dict[str, bytes]:
     return fields
 
 
+MULTIPART_SLACK_PER_PART = 2048
+"""Bytes of multipart framing allowed per part (boundary, Content-Disposition with a long file name, Content-Type)."""
+
+
+def repeated_part_failure(request: Any, content_type: str | None, content_length: str | int | None) -> Failure | None:
+    """A 400 when a multipart body held more than the parts that reached the handler: a field sent twice.
+
+    TorchServe's worker merges form parts into a dict, so of a repeated field only the last copy arrives. The
+    request's Content-Length still counts every copy; a gap larger than multipart framing explains
+    (``MULTIPART_SLACK_PER_PART`` per part) means a part was dropped. A repeated part smaller than the slack
+    (under ~2 KiB, below any real photo) goes unnoticed.
+    """
+    if not isinstance(request, Mapping) or not content_length or "multipart/" not in (content_type or "").lower():
+        return None
+    try:
+        declared = int(content_length)
+    except ValueError:
+        return None
+    received = sum(len(_as_bytes(value)) for value in request.values())
+    if declared - received <= MULTIPART_SLACK_PER_PART * (len(request) + 1):
+        return None
+    fields = sorted(request, key=lambda name: (name not in FIELDS, name))
+    return Failure(400, ",".join(fields), f"{', '.join(fields)}: the multipart body is {declared} bytes but its "
+                                          f"parts hold {received}; a field was sent more than once (only its last "
+                                          f"copy would be used); send each field once")
+
+
 def _json_fields(name: str, body: Any) -> dict[str, bytes]:
     """A JSON body, parsed or raw -> ``{field: decoded base64 bytes}``; ``null`` values count as absent."""
     if isinstance(body, (bytes, bytearray, str)):
