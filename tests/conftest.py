@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny real Swin (milliseconds per forward) and a checkpoint built from it, all offline."""
+"""Shared fixtures: a tiny real Swin (milliseconds per forward), a checkpoint built from it, all offline, and one
+real TorchServe serving that checkpoint for every end-to-end test file of the session."""
 
 from __future__ import annotations
 
@@ -48,3 +49,24 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     ckpt = build_checkpoint(model, TINY_MODEL_CFG, TINY_DATA_CFG, SeverityConfig(),
                             provenance={"model_version": "tiny-test", "data_hash": "none"})
     return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+
+
+SERVED_BATCH_DELAY_MS = 300
+"""maxBatchDelay of the shared server: long enough that requests sent together (a barrier) share a batch, short
+enough that a lone request is answered in well under a second."""
+
+
+@pytest.fixture(scope="session")
+def served(tiny_checkpoint, tmp_path_factory):
+    """A real TorchServe on free loopback ports serving the tiny checkpoint; started once per session (~15 s).
+
+    Shared by tests/test_serving.py and tests/test_serving_reliability.py. Tests that change the worker count
+    put it back to 1 before they return.
+    """
+    from tests.torchserve_harness import java_available, served_checkpoint
+
+    if not java_available():
+        pytest.skip("TorchServe needs Java 17 (scripts/ensure_java.sh)")
+    with served_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("torchserve"),
+                           maxBatchDelay=SERVED_BATCH_DELAY_MS) as server:
+        yield server

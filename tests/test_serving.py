@@ -1,4 +1,4 @@
-"""End to end against a real TorchServe on loopback: one server for the whole file (startup is ~10-20 s).
+"""End to end against a real TorchServe on loopback: the session's shared server (startup is ~10-20 s).
 
 The archive is built from the tiny checkpoint with maxBatchDelay=300 ms, so requests sent together land in one
 batch. Offline references: ``training.infer_single`` (the offline CLI's function) and the Predictor in-process.
@@ -20,21 +20,21 @@ import requests
 
 from handler.predictor import Predictor
 from model.checkpoint import load_for_inference
+from tests.conftest import SERVED_BATCH_DELAY_MS
 from tests.images import SUBSETS, image_bytes, request_for, write_request
-from tests.torchserve_harness import java_available, served_checkpoint
+from tests.torchserve_harness import java_available
 from training.infer_single import predict_files
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCH_DELAY_MS = 300
+BATCH_DELAY_MS = SERVED_BATCH_DELAY_MS
 
 pytestmark = pytest.mark.skipif(not java_available(), reason="TorchServe needs Java 17 (scripts/ensure_java.sh)")
 
 
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint, tmp_path_factory):
-    with served_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("torchserve"),
-                           maxBatchDelay=BATCH_DELAY_MS) as ts:
-        yield ts
+@pytest.fixture
+def server(served):
+    """The session's shared TorchServe (tests/conftest.py), built with maxBatchDelay=BATCH_DELAY_MS."""
+    return served
 
 
 @pytest.fixture(scope="module")
