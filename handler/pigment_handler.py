@@ -22,6 +22,7 @@ import torch
 from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
+from handler import kserve_v2
 from handler.predictor import Failure, Predictor, PredictorOptions, Sample, repeated_part_failure
 from model.config import from_dict
 
@@ -49,8 +50,11 @@ class PigmentHandler(BaseHandler):
     def preprocess(self, data: list[Any]) -> list[Sample | Failure]:
         """Decode and validate each request; a bad one gets its own status now, the others go on."""
         start = time.perf_counter()
-        prepared = [self._repeated_part(idx, request) or item
-                    for idx, (request, item) in enumerate(zip(data, self.predictor.prepare(data)))]
+        if kserve_v2.envelope_active(self.context):  # TorchServe's kservev2 envelope: `data` is ONE request's v2 inputs
+            prepared = kserve_v2.prepare_envelope(self.predictor, data, self.context)
+        else:
+            prepared = [self._repeated_part(idx, request) or item
+                        for idx, (request, item) in enumerate(zip(data, self.predictor.prepare(data)))]
         for idx, item in enumerate(prepared):
             self.context.set_response_content_type(idx, "application/json")
             if isinstance(item, Failure):
@@ -69,7 +73,9 @@ class PigmentHandler(BaseHandler):
         log.info("batch of %d: %d answered, %d rejected", len(prepared), len(prepared) - rejected, rejected)
         return answers
 
-    def postprocess(self, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def postprocess(self, answers: list[dict[str, Any]]) -> list[Any]:
+        if kserve_v2.envelope_active(self.context):  # v2 outputs; the envelope wraps them into one v2 response
+            return kserve_v2.envelope_result(answers[0], self.context)
         return answers
 
     def _repeated_part(self, idx: int, request: Any) -> Failure | None:

@@ -1,0 +1,153 @@
+"""Open inference protocol v2 (KServe "v2") <-> pigment requests and answers, without TorchServe or kserve imports.
+
+One v2 request is one lesion. Its inputs are the images, each a BYTES tensor of shape ``[1]`` holding the base64 of
+the image file; ``clinical`` is required, ``dermoscopy`` and ``multispectral`` are optional::
+
+    {"id": "42", "inputs": [{"name": "clinical", "datatype": "BYTES", "shape": [1], "data": ["<base64>"]},
+                            {"name": "dermoscopy", "datatype": "BYTES", "shape": [1], "data": ["<base64>"]}]}
+
+The answer's outputs (:func:`answer_tensors`) carry the same values as the JSON answer of ``/predictions``:
+``score`` FP32 [1], ``severity`` BYTES [1], ``modalities`` BYTES [k], ``simulated`` BYTES [m] (m may be 0),
+``attention`` FP32 [3] with ``attention_tokens`` BYTES [3] naming its entries, ``model_version`` BYTES [1].
+A rejected request answers ``error`` BYTES [1], ``field`` BYTES [1], ``status`` INT32 [1] (TorchServe, with that
+HTTP status); the KServe-native server answers v2's own ``{"error": ...}`` instead.
+
+Two servers use this module: the TorchServe handler behind TorchServe's ``kservev2`` request envelope
+(:func:`envelope_active`, :func:`prepare_envelope`, :func:`envelope_result`) and kserve/pigment_kserve.py
+(:func:`request_from_inputs`, :func:`answer_tensors`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from handler.predictor import FIELDS, REQUIRED_FIELD, Failure, Predictor, Sample
+from model.fusion_model import ATTENTION_TOKENS
+from model.preprocessing import InputError
+
+log = logging.getLogger(__name__)
+
+INPUTS: dict[str, str] = {modality: name for name, modality in FIELDS.items()}
+"""v2 input name -> Predictor field: ``clinical`` -> ``clinical_image`` and so on."""
+REQUIRED_INPUT = FIELDS[REQUIRED_FIELD]
+NUMPY_DTYPES = {"FP32": np.float32, "INT32": np.int32, "BYTES": object}
+"""How each output datatype reaches TorchServe's envelope, which derives the v2 datatype from the numpy dtype."""
+
+
+def request_from_inputs(inputs: Sequence[Any]) -> dict[str, Any]:
+    """The v2 inputs of one request -> a Predictor request ``{"body": {"clinical_image": "<base64>", ...}}``.
+
+    Each input is a mapping or an object with ``name``, ``datatype``, ``shape`` and ``data``; ``data`` is a list
+    holding one base64 string (or bytes), or, behind TorchServe's envelope, that string itself.
+
+    Raises:
+        InputError: an unknown or repeated input name, a datatype other than BYTES, a shape other than [1],
+            data that is not one base64 string, or no ``clinical`` input.
+    """
+    body: dict[str, str] = {}
+    for tensor in inputs:
+        name, datatype, shape, data = (_get(tensor, key) for key in ("name", "datatype", "shape", "data"))
+        if name not in INPUTS:
+            raise InputError(str(name), f"unknown v2 input {name!r}; valid inputs are {', '.join(INPUTS)} "
+                                        f"({REQUIRED_INPUT} required), each BYTES of shape [1] holding base64")
+        if INPUTS[name] in body:
+            raise InputError(name, "appears more than once in the inputs; send each image once")
+        if datatype != "BYTES":
+            raise InputError(name, f"datatype must be BYTES (a base64-encoded image file), got {datatype!r}")
+        if shape is not None and list(shape) != [1]:
+            raise InputError(name, f"shape must be [1] (one image per request), got {list(shape)}")
+        body[INPUTS[name]] = _one_string(name, data)
+    if REQUIRED_FIELD not in body:
+        raise InputError(REQUIRED_INPUT, f"is required (the clinical photo); optional inputs: "
+                                         f"{', '.join(n for n in INPUTS if n != REQUIRED_INPUT)}")
+    return {"body": body}
+
+
+def answer_tensors(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A Predictor answer (score or :meth:`Failure.body`) -> v2 output tensors ``{name, datatype, shape, data}``."""
+    if "error" in answer:
+        return [_tensor("error", "BYTES", [answer["error"]]), _tensor("field", "BYTES", [answer["field"]]),
+                _tensor("status", "INT32", [answer["status"]])]
+    attention = answer["attention"]
+    return [
+        _tensor("score", "FP32", [answer["score"]]),
+        _tensor("severity", "BYTES", [answer["severity"]]),
+        _tensor("modalities", "BYTES", list(answer["modalities"])),
+        _tensor("simulated", "BYTES", list(answer["simulated"])),
+        _tensor("attention", "FP32", [attention[t] for t in ATTENTION_TOKENS]),
+        _tensor("attention_tokens", "BYTES", list(ATTENTION_TOKENS)),
+        _tensor("model_version", "BYTES", [answer["model_version"]]),
+    ]
+
+
+def answer_from_tensors(outputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """v2 response outputs -> the ``/predictions`` answer dict (for clients and tests comparing the two APIs)."""
+    by_name = {o["name"]: o["data"] for o in outputs}
+    if "error" in by_name:
+        return {"error": by_name["error"][0], "field": by_name["field"][0], "status": int(by_name["status"][0])}
+    return {
+        "score": float(by_name["score"][0]),
+        "severity": by_name["severity"][0],
+        "modalities": list(by_name["modalities"]),
+        "simulated": list(by_name["simulated"]),
+        "attention": dict(zip(by_name["attention_tokens"], map(float, by_name["attention"]))),
+        "model_version": by_name["model_version"][0],
+    }
+
+
+# -- TorchServe's kservev2 envelope (ts/torch_handler/request_envelope/kservev2.py, TorchServe 0.12) ---------------
+# The envelope parses the JSON of the FIRST request of a batch only, hands the handler that request's input
+# tensors as if they were the batch (BYTES data already reduced to data[0]), and records their names in
+# ``context.input_names``. It then names output i after ``context.input_names[i]`` and derives each output's
+# datatype and shape from ``np.array(item)``, and returns ONE response. Hence: batchSize must be 1
+# (pytorch/serve#2158), and the handler renames the outputs by replacing ``context.input_names``.
+
+
+def envelope_active(context: Any) -> bool:
+    """True while TorchServe's kservev2 envelope wraps this call (it sets ``context.input_names`` before it)."""
+    return isinstance(getattr(context, "input_names", None), list)
+
+
+def prepare_envelope(predictor: Predictor, inputs: list[Any], context: Any) -> list[Sample | Failure]:
+    """The envelope's "batch" (one request's v2 inputs) -> ``[Sample or Failure]`` for that one request."""
+    request_ids = getattr(context, "request_ids", None) or {}
+    if len(request_ids) > 1:
+        log.error("TorchServe batched %d requests but its kservev2 envelope answers only the first one "
+                  "(pytorch/serve#2158); register pigment with batchSize 1 (kserve/layout.py does)",
+                  len(request_ids))
+    try:
+        request = request_from_inputs(inputs)
+    except InputError as error:
+        return [Failure.from_error(error)]
+    return predictor.prepare([request])
+
+
+def envelope_result(answer: Mapping[str, Any], context: Any) -> list[np.ndarray]:
+    """One answer -> the arrays the envelope turns into v2 outputs, renaming them via ``context.input_names``."""
+    tensors = answer_tensors(answer)
+    context.input_names = [t["name"] for t in tensors]
+    return [np.array(t["data"], dtype=NUMPY_DTYPES[t["datatype"]]) for t in tensors]
+
+
+# -- helpers -------------------------------------------------------------------------------------------------------
+def _tensor(name: str, datatype: str, data: list[Any]) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": [len(data)], "data": data}
+
+
+def _get(tensor: Any, key: str) -> Any:
+    return tensor.get(key) if isinstance(tensor, Mapping) else getattr(tensor, key, None)
+
+
+def _one_string(name: str, data: Any) -> str:
+    """``["<base64>"]``, ``[b"<base64>"]`` or (behind TorchServe's envelope) ``"<base64>"`` -> the base64 text."""
+    if isinstance(data, (list, tuple)) and len(data) == 1:
+        data = data[0]
+    if isinstance(data, (bytes, bytearray)):
+        data = bytes(data).decode("ascii", errors="replace")
+    if not isinstance(data, str):
+        raise InputError(name, f"data must be one base64 string (shape [1]), got {type(data).__name__}")
+    return data
