@@ -1,0 +1,182 @@
+"""A bounded load generator for a pigment TorchServe on loopback: N requests (or T seconds) at concurrency C.
+
+Every run is bounded twice, by a request count and by a wall-clock limit, and only talks to 127.0.0.1/localhost.
+Bodies are multipart-encoded once up front, so the client spends its (shared) CPU on sending, not encoding.
+
+    python scripts/loadgen.py --run-dir logs --clinical a.jpg --dermoscopy b.jpg --requests 2000 --concurrency 16
+
+As a library (tests/soak): :func:`run_load` returns one :class:`Result` per request, with start/end times, status
+and the parsed answer; :func:`summarize` gives counts, latency percentiles and throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class Body:
+    """One pre-encoded request: multipart bytes and their Content-Type (with the boundary)."""
+
+    data: bytes
+    content_type: str
+
+    @classmethod
+    def multipart(cls, parts: Sequence[tuple[str, bytes]]) -> Body:
+        """``[(field, file bytes), ...]`` -> multipart/form-data, each part a file named after its field."""
+        boundary = uuid.uuid4().hex
+        chunks = []
+        for name, data in parts:
+            chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}"\r\n'
+                          f"Content-Type: application/octet-stream\r\n\r\n".encode())
+            chunks += [data, b"\r\n"]
+        chunks.append(f"--{boundary}--\r\n".encode())
+        return cls(b"".join(chunks), f"multipart/form-data; boundary={boundary}")
+
+
+@dataclass
+class Result:
+    """One request's outcome: which body (index into the pool), when, HTTP status (0 = no answer) and answer."""
+
+    seq: int
+    body: int
+    start: float
+    end: float
+    status: int
+    answer: dict | None = None
+    error: str = ""
+
+    @property
+    def latency(self) -> float:
+        return self.end - self.start
+
+
+def check_loopback(url: str) -> None:
+    host = urlparse(url).hostname
+    if host not in LOOPBACK:
+        raise ValueError(f"{url}: the load generator only sends to loopback ({', '.join(LOOPBACK)})")
+
+
+def run_load(url: str, bodies: Sequence[Body], total: int, concurrency: int, max_seconds: float,
+             headers: Callable[[], dict[str, str]] | dict[str, str] | None = None, timeout: float = 60.0,
+             stop: threading.Event | None = None, pick: Callable[[int], int] | None = None) -> list[Result]:
+    """Send ``total`` requests (body ``pick(seq)``, default ``seq % len(bodies)``) from ``concurrency`` threads.
+
+    Stops early after ``max_seconds`` or when ``stop`` is set; requests not sent are simply absent from the
+    result. ``headers`` may be a callable so that a key refreshed mid-run is picked up.
+    """
+    check_loopback(url)
+    if total < 1 or concurrency < 1 or max_seconds <= 0:
+        raise ValueError("total, concurrency and max_seconds must be positive")
+    pick = pick or (lambda seq: seq % len(bodies))
+    stop = stop or threading.Event()
+    deadline = time.monotonic() + max_seconds
+    counter = iter(range(total))
+    lock = threading.Lock()
+    results: list[Result] = []
+
+    def next_seq() -> int | None:
+        if stop.is_set() or time.monotonic() >= deadline:
+            return None
+        with lock:
+            return next(counter, None)
+
+    def worker() -> None:
+        session = requests.Session()
+        local: list[Result] = []
+        while (seq := next_seq()) is not None:
+            body = bodies[pick(seq)]
+            extra = headers() if callable(headers) else dict(headers or {})
+            start = time.monotonic()
+            try:
+                response = session.post(url, data=body.data, timeout=timeout,
+                                        headers={**extra, "Content-Type": body.content_type})
+                status, text, error = response.status_code, response.text, ""
+            except requests.RequestException as exc:
+                status, text, error = 0, "", f"{type(exc).__name__}: {exc}"
+            local.append(Result(seq, pick(seq), start, time.monotonic(), status, _json(text), error))
+        session.close()
+        with lock:
+            results.extend(local)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max_seconds + timeout + 10)
+    return sorted(results, key=lambda r: r.seq)
+
+
+def _json(text: str) -> dict | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def summarize(results: Sequence[Result]) -> dict:
+    """Counts per status class, latency p50/p90/p99 (ms) of answered requests and throughput (requests/s)."""
+    if not results:
+        return {"requests": 0}
+    answered = [r for r in results if r.status]
+    latencies = [r.latency * 1000 for r in answered] or [0.0]
+    span = max(r.end for r in results) - min(r.start for r in results)
+    return {
+        "requests": len(results),
+        "2xx": sum(200 <= r.status < 300 for r in results),
+        "4xx": sum(400 <= r.status < 500 for r in results),
+        "5xx": sum(r.status >= 500 for r in results),
+        "no_answer": sum(r.status == 0 for r in results),
+        "seconds": round(span, 2),
+        "throughput_rps": round(len(results) / span, 1) if span > 0 else 0.0,
+        "latency_ms": {f"p{q}": round(percentile(latencies, q), 1) for q in (50, 90, 99)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", default="logs", help="the server's run dir (ports and key_file.json)")
+    parser.add_argument("--clinical", type=Path, required=True)
+    parser.add_argument("--dermoscopy", type=Path)
+    parser.add_argument("--multispectral", type=Path)
+    parser.add_argument("--requests", type=int, default=1000, help="at most this many requests (default 1000)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-seconds", type=float, default=300.0, help="and at most this long (default 300)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from scripts.local_torchserve import LocalTorchServe
+
+    server = LocalTorchServe.from_run_dir(args.run_dir)
+    parts = [(f"{m}_image", path.read_bytes()) for m in ("clinical", "dermoscopy", "multispectral")
+             if (path := getattr(args, m)) is not None]
+    results = run_load(f"{server.inference_url}/predictions/{server.model_name}", [Body.multipart(parts)],
+                       args.requests, args.concurrency, args.max_seconds, headers=server.auth("inference"))
+    print(json.dumps(summarize(results), indent=2))
+    return 0 if all(200 <= r.status < 300 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
