@@ -108,7 +108,7 @@ def test_infer_single_json_equals_a_direct_model_call(data, checkpoint, capsys):
     with torch.no_grad():
         direct = loaded.model(*(preprocess_path(files[m], m, DATA_CFG).unsqueeze(0) for m in files))
     assert answer["score"] == float(direct.score[0])
-    assert answer["modalities_used"] == ["clinical", "dermoscopy"] and answer["simulated"] == []
+    assert answer["modalities"] == ["clinical", "dermoscopy"] and answer["simulated"] == []
     assert answer["attention"]["multispectral"] == 0.0 and answer["model_version"] == "tiny-eval"
     assert answer["severity"] in ("Mild", "Moderate", "Severe")
 

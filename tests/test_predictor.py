@@ -161,5 +161,5 @@ def test_answer_equals_training_infer_single_on_the_same_jpeg_files(predictor, t
     offline = infer_single_answer(tiny_checkpoint, request, tmp_path)
     (answer,) = predictor.predict([request])
     assert answer["score"] == round(offline["score"], 4)
-    assert answer["severity"] == offline["severity"] and answer["modalities"] == offline["modalities_used"]
+    assert answer["severity"] == offline["severity"] and answer["modalities"] == offline["modalities"]
     assert answer["attention"] == {t: round(w, 4) for t, w in offline["attention"].items()}

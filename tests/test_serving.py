@@ -86,7 +86,7 @@ def test_answers_with_one_two_and_three_modalities_equal_training_infer_single(s
     served = response.json()
     offline = predict_files(load_for_inference(tiny_checkpoint), write_request(request, tmp_path))
     assert abs(served["score"] - offline["score"]) <= 1e-4
-    assert served["severity"] == offline["severity"] and served["modalities"] == offline["modalities_used"]
+    assert served["severity"] == offline["severity"] and served["modalities"] == offline["modalities"]
     assert all(abs(served["attention"][t] - w) <= 1e-4 for t, w in offline["attention"].items())
     assert served["model_version"] == offline["model_version"] == "tiny-test"
 

@@ -73,7 +73,7 @@ def predict_tensors(loaded: LoadedModel, tensors: dict[str, torch.Tensor], simul
     return {
         "score": score,
         "severity": severity_label(score, loaded.severity),
-        "modalities_used": ["clinical", *(m for m in AUX_MODALITIES if m in tensors)],
+        "modalities": ["clinical", *(m for m in AUX_MODALITIES if m in tensors)],
         "simulated": list(simulated or []),
         "attention": {token: float(w) for token, w in zip(ATTENTION_TOKENS, out.attention[0])},
         "model_version": loaded.version,
