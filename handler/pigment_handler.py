@@ -43,8 +43,10 @@ class PigmentHandler(BaseHandler):
         torch.set_num_threads(threads)
         self.device = _device(properties.get("gpu_id"))
         checkpoint = os.path.join(properties["model_dir"], self.manifest["model"]["serializedFile"])
-        self.predictor = Predictor(checkpoint, options, self.device)
-        log.info("pigment handler ready: %d torch threads, code from %s", threads, os.path.dirname(__file__))
+        # Warm-up for every batch size TorchServe can send happens here, before the worker reports READY.
+        self.predictor = Predictor(checkpoint, options, self.device, max_batch=int(model_yaml.get("batchSize", 1)))
+        log.info("pigment handler ready: %s backend, %d threads, code from %s", options.backend, threads,
+                 os.path.dirname(__file__))
         self.initialized = True
 
     def preprocess(self, data: list[Any]) -> list[Sample | Failure]:

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from model.accelerate import accelerate
 from model.checkpoint import load_for_inference
 from model.config import AUX_MODALITIES, MODALITIES
 from model.fusion_model import ATTENTION_TOKENS
@@ -54,13 +55,16 @@ class PredictorOptions:
     """The ``handler:`` section of ``serve_config/model-config.yaml`` (loaded strictly: unknown keys are errors).
 
     ``threads`` is the torch intra-op thread count per worker; 0 lets the TorchServe handler pick
-    ``cpu_count // maxWorkers`` so that all workers together do not oversubscribe the cores.
+    ``cpu_count // maxWorkers`` so that all workers together do not oversubscribe the cores. ``backend`` is how the
+    encoders run (``model.accelerate.BACKENDS``): ``eager_fp32`` is the exact reference; the shipped
+    model-config.yaml serves ``openvino_bf16`` on CPU (docs/performance.md says why) and a GPU takes ``eager_bf16``.
     """
 
     threads: int = 0
     simulate_multispectral: bool = False
     max_pixels: int = DEFAULT_LIMITS.max_pixels
     min_side: int = DEFAULT_LIMITS.min_side
+    backend: str = "eager_fp32"
 
     @property
     def limits(self) -> ImageLimits:
@@ -104,13 +108,16 @@ class Predictor:
     """A checkpoint's model with its preprocessing and severity bands, answering batches of requests."""
 
     def __init__(self, checkpoint: str | Path, options: PredictorOptions = PredictorOptions(),
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", max_batch: int = 1):
+        """``max_batch`` is the largest batch :meth:`answer` will get (TorchServe's batchSize): the backend is
+        warmed up for every size up to it, so no request pays a compile."""
         self.options = options
         self.device = torch.device(device)
         self.loaded = load_for_inference(checkpoint, self.device)
+        accelerate(self.loaded.model, options.backend, max_batch, threads=torch.get_num_threads())
         self.limits = options.limits
-        log.info("loaded %s (model_version %s) on %s; simulate_multispectral=%s", checkpoint,
-                 self.version, self.device, options.simulate_multispectral)
+        log.info("loaded %s (model_version %s) on %s, backend %s; simulate_multispectral=%s", checkpoint,
+                 self.version, self.device, options.backend, options.simulate_multispectral)
 
     @property
     def version(self) -> str:
@@ -143,8 +150,7 @@ class Predictor:
         clinical = torch.stack([s.images["clinical"] for s in samples])  # [B, 3, S, S]
         aux = [_stack_present(samples, m, clinical) for m in AUX_MODALITIES]  # [B, 3, S, S] or None each
         aux_mask = torch.tensor([[m in s.images for m in AUX_MODALITIES] for s in samples])  # [B, 2] bool
-        to = self.device
-        out = self.loaded.model(clinical.to(to), *(a if a is None else a.to(to) for a in aux), aux_mask.to(to))
+        out = self.loaded.model(*(_to_device(t, self.device) for t in (clinical, *aux, aux_mask)))
         return out.score.float().cpu(), out.attention.float().cpu()
 
     def _prepare_one(self, request: Any) -> Sample | Failure:
@@ -285,6 +291,13 @@ def _as_bytes(value: Any) -> bytes:
 
 def _optional() -> str:
     return ", ".join(f for f in FIELDS if f != REQUIRED_FIELD)
+
+
+def _to_device(tensor: Tensor | None, device: torch.device) -> Tensor | None:
+    """CPU tensors stay; for a GPU, pinned memory lets the copy run asynchronously with the host's next step."""
+    if tensor is None or device.type == "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _stack_present(samples: list[Sample], modality: str, like: Tensor) -> Tensor | None:

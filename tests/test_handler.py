@@ -97,8 +97,8 @@ def test_a_misspelled_handler_option_stops_the_worker_with_the_valid_keys(tiny_c
 
 
 def test_shipped_model_config_is_valid_and_sized_for_the_design():
-    assert from_dict(PredictorOptions, MODEL_CONFIG["handler"], "handler") == PredictorOptions()
-    assert MODEL_CONFIG["batchSize"] == 8 and MODEL_CONFIG["minWorkers"] == 1 and MODEL_CONFIG["maxWorkers"] == 2
+    assert from_dict(PredictorOptions, MODEL_CONFIG["handler"], "handler") == PredictorOptions(backend="openvino_bf16")
+    assert MODEL_CONFIG["batchSize"] == 8 and MODEL_CONFIG["minWorkers"] == MODEL_CONFIG["maxWorkers"] == 2
     assert MODEL_CONFIG["deviceType"] == "cpu" and MODEL_CONFIG["responseTimeout"] == 120
 
 
