@@ -70,7 +70,8 @@ def request_from_inputs(inputs: Sequence[Any]) -> dict[str, Any]:
 def answer_tensors(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A Predictor answer (score or :meth:`Failure.body`) -> v2 output tensors ``{name, datatype, shape, data}``."""
     if "error" in answer:
-        return [_tensor("error", "BYTES", [answer["error"]]), _tensor("field", "BYTES", [answer["field"]]),
+        message, field = v2_error(answer)
+        return [_tensor("error", "BYTES", [message]), _tensor("field", "BYTES", [field]),
                 _tensor("status", "INT32", [answer["status"]])]
     attention = answer["attention"]
     return [
@@ -82,6 +83,16 @@ def answer_tensors(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
         _tensor("attention_tokens", "BYTES", list(ATTENTION_TOKENS)),
         _tensor("model_version", "BYTES", [answer["model_version"]]),
     ]
+
+
+def v2_error(failure: Mapping[str, Any]) -> tuple[str, str]:
+    """A :meth:`Failure.body` in v2 terms: ``(message, field)`` with ``clinical_image`` said as ``clinical``."""
+    field = failure["field"]
+    v2_field = ",".join(FIELDS.get(name, name) for name in field.split(","))
+    message = failure["error"]
+    if message.startswith(f"{field}:"):
+        message = v2_field + message[len(field):]
+    return message, v2_field
 
 
 def answer_from_tensors(outputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
