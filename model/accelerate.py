@@ -10,6 +10,7 @@ Backends (``BACKENDS``):
 
 * ``eager_fp32``: the model as it is; the reference every other path is measured against.
 * ``eager_bf16``: ``torch.autocast`` bf16 around each encoder (CPU with AVX-512 bf16 or AMX, or CUDA). No warm-up.
+* ``eager_fp16``: the same in fp16, CUDA only (for GPUs without fast bf16).
 * ``compile_bf16``: ``torch.compile`` (inductor, weight freezing) under bf16 autocast, CPU. The batch dimension
   is dynamic, so one compile serves batches 2..max_batch and a second one batch 1 (dynamo specialises size 1):
   two compiles per encoder instead of one per batch size. Each is ~40 s for Swin-T on 2 cores, so warm-up takes
@@ -38,8 +39,9 @@ from model.swin_encoder import SwinEncoder
 
 log = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("eager_fp32", "eager_bf16", "compile_bf16", "openvino_bf16")
+BACKENDS: tuple[str, ...] = ("eager_fp32", "eager_bf16", "eager_fp16", "compile_bf16", "openvino_bf16")
 CPU_ONLY: tuple[str, ...] = ("compile_bf16", "openvino_bf16")
+GPU_ONLY: tuple[str, ...] = ("eager_fp16",)  # CPUs without AMX-FP16 run fp16 matmuls emulated, slower than fp32
 
 
 def available_backends(device: str | torch.device = "cpu") -> tuple[str, ...]:
@@ -47,7 +49,7 @@ def available_backends(device: str | torch.device = "cpu") -> tuple[str, ...]:
     device = torch.device(device)
     names = []
     for name in BACKENDS:
-        if device.type != "cpu" and name in CPU_ONLY:
+        if (device.type != "cpu" and name in CPU_ONLY) or (device.type == "cpu" and name in GPU_ONLY):
             continue
         if name == "eager_bf16" and device.type == "cpu" and not _cpu_has_bf16():
             continue
@@ -90,8 +92,9 @@ def accelerate(model: FusionModel, backend: str, max_batch: int = 1, threads: in
     image_size = int(model.encoders[MODALITIES[0]].backbone.patch_embed.img_size[0])
     for name in MODALITIES:
         encoder = model.encoders[name]
-        if backend == "eager_bf16":
-            model.encoders[name] = AutocastEncoder(encoder, device)
+        if backend in ("eager_bf16", "eager_fp16"):
+            dtype = torch.bfloat16 if backend == "eager_bf16" else torch.float16
+            model.encoders[name] = AutocastEncoder(encoder, device, dtype)
         elif backend == "compile_bf16":
             model.encoders[name] = CompiledEncoder(encoder, max_batch)
         else:
