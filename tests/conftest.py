@@ -61,12 +61,16 @@ def served(tiny_checkpoint, tmp_path_factory):
     """A real TorchServe on free loopback ports serving the tiny checkpoint; started once per session (~15 s).
 
     Shared by tests/test_serving.py and tests/test_serving_reliability.py. Tests that change the worker count
-    put it back to 1 before they return.
+    put it back to 1 before they return. The shipped model-config.yaml is used except for what these tests need:
+    one worker (so that requests sent together share its batches) and the exact ``eager_fp32`` backend (answers are
+    compared with offline answers to 1e-4; the accelerated backends are held to their tolerance in
+    tests/test_accelerate.py).
     """
-    from tests.torchserve_harness import java_available, served_checkpoint
+    from tests.torchserve_harness import java_available, served_checkpoint, shipped_handler_options
 
     if not java_available():
         pytest.skip("TorchServe needs Java 17 (scripts/ensure_java.sh)")
     with served_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("torchserve"),
-                           maxBatchDelay=SERVED_BATCH_DELAY_MS) as server:
+                           maxBatchDelay=SERVED_BATCH_DELAY_MS, minWorkers=1,
+                           handler=shipped_handler_options(backend="eager_fp32")) as server:
         yield server

@@ -41,6 +41,12 @@ def build_mar(checkpoint: Path, model_store: Path, **model_config: object) -> Pa
     return model_store / "pigment.mar"
 
 
+def shipped_handler_options(**overrides: object) -> dict:
+    """serve_config/model-config.yaml's ``handler:`` section with ``overrides`` (e.g. ``backend="eager_fp32"``)."""
+    config = yaml.safe_load((ROOT / "serve_config" / "model-config.yaml").read_text())
+    return {**config.get("handler", {}), **overrides}
+
+
 @contextlib.contextmanager
 def served_checkpoint(checkpoint: Path, work_dir: Path, timeout: float = 180.0,
                       **model_config: object) -> Iterator[LocalTorchServe]:
