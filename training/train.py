@@ -10,6 +10,11 @@ Writes to RUN_DIR:
 Both checkpoints load with ``torch.load(..., weights_only=True)``. Their provenance records the data hash, the
 patient split (so ``evaluate --split val`` scores exactly the validation lesions), the training-label mean (the
 baseline evaluation compares against), the git commit, the best metrics and the resolved config.
+
+``torchrun --nproc_per_node=N -m training.train ...`` trains with DistributedDataParallel, one process per GPU (or N
+CPU processes with gloo): ``training.batch_size`` is per process, each rank trains on its DistributedSampler share,
+validation is sharded by whole batches and its sums are all-reduced, and rank 0 alone writes the same files in the
+same format (docs/training.md).
 """
 
 from __future__ import annotations
@@ -28,13 +33,16 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from model.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from model.fusion_model import FusionModel
+from training import distributed
 from training.config import RunConfig, TrainConfig, load_config, save_config
 from training.data import DatasetIndex, LesionDataset, index_dataset, split_by_patient
+from training.distributed import Dist, all_reduce_sums
 
 log = logging.getLogger("training.train")
 
@@ -69,26 +77,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(distributed.launch_rank())
     cfg = resolve_config(args)
-    torch.set_num_threads(cfg.training.threads or available_cores())
-    torch.manual_seed(cfg.training.seed)
-    device = pick_device(cfg.device.use_gpu)
-    loaders = build_loaders(args.data, cfg)
-    model = FusionModel(cfg.model, cfg.data.image_size).to(device)
-    fit(model, loaders, cfg, args.out, device, resume=args.resume, progress=not args.quiet)
+    env, device = distributed.setup(cfg.device.use_gpu)  # a process group only under torchrun
+    ok = False
+    try:
+        if env.launched:
+            torch.distributed.barrier()  # every rank has read the run's config.yaml before rank 0 rewrites it
+        if env.is_main:
+            save_config(cfg, args.out / "config.yaml")
+        torch.set_num_threads(cfg.training.threads or max(1, available_cores() // env.local_world_size))
+        torch.manual_seed(cfg.training.seed)
+        loaders = build_loaders(args.data, cfg, env)
+        model = FusionModel(cfg.model, cfg.data.image_size).to(device)
+        fit(model, loaders, cfg, args.out, device, resume=args.resume, progress=not args.quiet, env=env)
+        ok = True
+    finally:
+        distributed.cleanup(env, ok)
     return args.out / "best_model.pth"
 
 
+def configure_logging(rank: int) -> None:
+    """INFO from rank 0 (the only rank of a plain run); torchrun's other ranks report only warnings, tagged."""
+    if rank == 0:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s [rank {rank}] %(name)s: %(message)s")
+
+
 def resolve_config(args: argparse.Namespace) -> RunConfig:
-    """Load the config (on resume without --config: the run's own) and write the resolved one into the run."""
+    """Load the config (on resume without --config: the run's own); ``main`` writes the resolved one into the run."""
     saved = args.out / "config.yaml"
     if args.resume and not (args.out / "last.pth").is_file():
         raise FileNotFoundError(f"{args.out / 'last.pth'}: nothing to resume; start the run without --resume")
     cfg = load_config(args.config or saved, args.overrides)
     if args.resume and saved.is_file() and load_config(saved) != cfg:
         log.warning("%s differs from the config given now; resuming with the new one", saved)
-    save_config(cfg, saved)
     return cfg
 
 
@@ -99,21 +123,17 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def pick_device(use_gpu: bool) -> torch.device:
-    if use_gpu and torch.cuda.is_available():
-        return torch.device("cuda")
-    if use_gpu:
-        log.warning("device.use_gpu is true but CUDA is not available; training on the CPU")
-    return torch.device("cpu")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def build_loaders(data: Path, cfg: RunConfig) -> Loaders:
-    """Index the data, split it by patient, and wrap both sides in DataLoaders."""
+def build_loaders(data: Path, cfg: RunConfig, env: Dist = Dist()) -> Loaders:
+    """Index the data, split it by patient, and wrap both sides in DataLoaders (under torchrun: this rank's share).
+
+    Every rank indexes, splits and (with ``data.cache_images``) decodes the whole dataset: the split must be the
+    same everywhere, and it is cheap next to training.
+    """
     index = index_dataset(data)
     opts, tcfg = cfg.data_options, cfg.training
     train_lesions, val_lesions = split_by_patient(index.lesions, opts.val_fraction, opts.split_seed)
@@ -128,11 +148,21 @@ def build_loaders(data: Path, cfg: RunConfig) -> Loaders:
     log.info("%s: %d lesions for training, %d for validation (patient split, seed %d); skipped %s",
              data, len(train_ds), len(val_ds), opts.split_seed, index.skip_counts())
     generator = torch.Generator().manual_seed(tcfg.seed)
-    common = dict(batch_size=tcfg.batch_size, num_workers=tcfg.num_workers,
-                  persistent_workers=tcfg.num_workers > 0, pin_memory=torch.cuda.is_available())
+    common = dict(num_workers=tcfg.num_workers, persistent_workers=tcfg.num_workers > 0,
+                  pin_memory=torch.cuda.is_available())
+    if env.launched:
+        # Training: each rank a disjoint 1/world_size of a seeded per-epoch shuffle (padded with repeats to equal
+        # length, so every rank takes the same number of steps). Validation: whole single-process batches.
+        sampler = DistributedSampler(train_ds, env.world_size, env.rank, shuffle=True, seed=tcfg.seed)
+        train = DataLoader(train_ds, batch_size=tcfg.batch_size, sampler=sampler, generator=generator, **common)
+        val = DataLoader(val_ds, batch_sampler=distributed.shard_batches(len(val_ds), tcfg.batch_size, env),
+                         **common)
+    else:
+        train = DataLoader(train_ds, batch_size=tcfg.batch_size, shuffle=True, generator=generator, **common)
+        val = DataLoader(val_ds, batch_size=tcfg.batch_size, shuffle=False, **common)
     return Loaders(
-        train=DataLoader(train_ds, shuffle=True, generator=generator, **common),
-        val=DataLoader(val_ds, shuffle=False, **common),
+        train=train,
+        val=val,
         index=index,
         split={"train": [x.lesion_id for x in train_ds.lesions], "val": [x.lesion_id for x in val_ds.lesions]},
         train_label_mean=sum(x.score for x in train_ds.lesions) / len(train_ds.lesions),
@@ -145,20 +175,30 @@ def build_loaders(data: Path, cfg: RunConfig) -> Loaders:
 
 
 def fit(model: FusionModel, loaders: Loaders, cfg: RunConfig, out_dir: Path, device: torch.device,
-        resume: bool = False, progress: bool = True) -> list[dict[str, float]]:
-    """Train for ``cfg.training.epochs`` epochs, validating and checkpointing after each; returns the history."""
+        resume: bool = False, progress: bool = True, env: Dist = Dist()) -> list[dict[str, float]]:
+    """Train for ``cfg.training.epochs`` epochs, validating and checkpointing after each; returns the history.
+
+    Under torchrun every rank runs this with its own loaders; losses and metrics are reduced over all ranks, so
+    every rank holds the same history, and rank 0 alone writes checkpoints (of ``model``, never the DDP wrapper:
+    the same keys as a single-process run) and history.
+    """
     tcfg = cfg.training
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.learning_rate, weight_decay=tcfg.weight_decay)
     use_amp = tcfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     state = {"epoch": 0, "best_val": math.inf, "history": []}
     if resume:
-        state = restore(out_dir / "last.pth", model, optimizer, scaler, loaders)
+        state = restore(out_dir / "last.pth", model, optimizer, scaler, loaders)  # every rank loads last.pth
+    trained = wrap_for_ddp(model, env, device)
+    progress = progress and env.is_main
     for epoch in range(state["epoch"] + 1, tcfg.epochs + 1):
         started = time.time()
+        if env.launched:
+            seed_rank_for_epoch(loaders, tcfg.seed, epoch, env)
         lr = set_learning_rate(optimizer, tcfg, epoch)
-        train_loss = train_one_epoch(model, loaders.train, optimizer, scaler, tcfg, device, use_amp,
+        train_loss = train_one_epoch(trained, loaders.train, optimizer, scaler, tcfg, device, use_amp,
                                      desc=f"epoch {epoch}/{tcfg.epochs} [train]", progress=progress)
+        # The bare model: evaluation needs no gradient sync, and each rank scores its own validation batches.
         val_loss, val_mae = validate(model, loaders.val, device, use_amp, progress=progress,
                                      desc=f"epoch {epoch}/{tcfg.epochs} [val]")
         row = dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_mae=val_mae, lr=lr,
@@ -166,16 +206,50 @@ def fit(model: FusionModel, loaders: Loaders, cfg: RunConfig, out_dir: Path, dev
         state["history"].append(row)
         log.info("epoch %d/%d: train_loss %.4f  val_loss %.4f  val_mae %.4f  (%.1f s)", epoch, tcfg.epochs,
                  train_loss, val_loss, val_mae, row["seconds"])
-        provenance = make_provenance(cfg, loaders, out_dir, epoch, val_loss, val_mae)
-        if val_loss < state["best_val"]:
+        is_best = val_loss < state["best_val"]  # the same on every rank: val_loss is reduced over all of them
+        if is_best:
             state["best_val"] = val_loss
-            provenance["model_version"] = model_version(model, out_dir.name, epoch)
-            save_checkpoint(build_checkpoint(model, cfg.model, cfg.data, cfg.severity, provenance),
-                            out_dir / "best_model.pth")
         state["epoch"] = epoch
-        save_last(out_dir / "last.pth", model, optimizer, scaler, cfg, provenance, state, loaders.train.generator)
-        write_history(out_dir / "history.csv", state["history"])
+        if env.is_main:
+            save_epoch(model, optimizer, scaler, cfg, loaders, out_dir, state, is_best)
     return state["history"]
+
+
+def save_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, cfg: RunConfig,
+               loaders: Loaders, out_dir: Path, state: dict[str, Any], is_best: bool) -> None:
+    """After epoch ``state["epoch"]``: best_model.pth if ``is_best``, then last.pth and history.csv."""
+    row = state["history"][-1]
+    provenance = make_provenance(cfg, loaders, out_dir, row["epoch"], row["val_loss"], row["val_mae"])
+    if is_best:
+        provenance["model_version"] = model_version(model, out_dir.name, row["epoch"])
+        save_checkpoint(build_checkpoint(model, cfg.model, cfg.data, cfg.severity, provenance),
+                        out_dir / "best_model.pth")
+    save_last(out_dir / "last.pth", model, optimizer, scaler, cfg, provenance, state, loaders.train.generator)
+    write_history(out_dir / "history.csv", state["history"])
+
+
+def wrap_for_ddp(model: nn.Module, env: Dist, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel under torchrun (gradients averaged over ranks); ``model`` otherwise.
+
+    ``find_unused_parameters``: FusionModel encodes only the rows that have a modality, so in a step where a
+    rank's batch has no dermoscopy (or multispectral) image at all, e.g. after modality dropout, that encoder
+    takes no part in the forward on that rank. DDP then counts its gradient as zero from that rank, which is
+    the exact gradient of the mean loss over the global batch (tests/test_ddp.py compares with one process).
+    """
+    if not env.launched:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+
+
+def seed_rank_for_epoch(loaders: Loaders, seed: int, epoch: int, env: Dist) -> None:
+    """Under torchrun: this epoch's shuffle (the same on every rank) and this rank's own augmentation, modality
+    dropout and dropout draws, all functions of (seed, epoch, rank), so a resumed run draws what a straight one
+    would."""
+    loaders.train.sampler.set_epoch(epoch)
+    rank_seed = distributed.epoch_seed(seed, epoch, env.rank)
+    torch.manual_seed(rank_seed)
+    loaders.train.generator.manual_seed(rank_seed)  # the base seed of DataLoader workers
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, tcfg: TrainConfig, epoch: int) -> float:
@@ -214,13 +288,14 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         total += loss.item() * len(target)
         count += len(target)
         bar.set_postfix(loss=f"{total / count:.4f}")
+    total, count = all_reduce_sums([total, count], device)  # over all ranks under torchrun
     return total / max(count, 1)
 
 
 @torch.no_grad()
 def validate(model: nn.Module, loader: DataLoader, device: torch.device, use_amp: bool = False,
              desc: str = "val", progress: bool = True) -> tuple[float, float]:
-    """Mean MSE and MAE over ``loader`` with every available modality."""
+    """Mean MSE and MAE over ``loader`` with every available modality (under torchrun: over every rank's)."""
     model.eval()
     sq, ab, count = 0.0, 0.0, 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
@@ -230,6 +305,7 @@ def validate(model: nn.Module, loader: DataLoader, device: torch.device, use_amp
         sq += ((pred - target) ** 2).sum().item()
         ab += (pred - target).abs().sum().item()
         count += len(target)
+    sq, ab, count = all_reduce_sums([sq, ab, count], device)
     return sq / max(count, 1), ab / max(count, 1)
 
 
