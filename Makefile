@@ -26,7 +26,7 @@ stop:
 	bash scripts/stop_server.sh
 
 soak: setup
-	$(PY) -m pytest -q -m soak tests/soak --no-header -p no:cacheprovider
+	$(PY) -m pytest -q -s -m soak tests/soak --no-header -p no:cacheprovider --basetemp=runs/soak
 
 clean:
 	rm -rf $(DEMO_RUN) $(STORE) logs
