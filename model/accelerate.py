@@ -168,6 +168,7 @@ class OpenVINOEncoder(nn.Module):
         with torch.no_grad(), warnings.catch_warnings():
             # timm's shape asserts are traced as constants: true for every batch size, which is all that varies.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", FutureWarning)  # OpenVINO's converter still traces with TorchScript
             ov_model = ov.convert_model(encoder, example_input=example,
                                         input=[ov.PartialShape([-1, 3, image_size, image_size])])
         config = {
