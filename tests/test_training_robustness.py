@@ -9,7 +9,6 @@ the real CLI in a subprocess, the way a crash or an OOM kill meets it.
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import subprocess
 import sys
