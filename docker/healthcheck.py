@@ -18,7 +18,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_KEY_FILE = "/home/model-server/key_file.json"
@@ -50,7 +50,7 @@ def _rejected_key(expires: str | None, url: str) -> str:
     renew = ('renew it with the API key from key_file.json: curl -X POST "<management address>/token?type=inference"'
              ' -H "Authorization: Bearer <API key>"')
     try:
-        expired = expires is not None and datetime.fromisoformat(expires.replace("Z", "+00:00")) <= _now()
+        expired = expires is not None and datetime.fromisoformat(expires) <= _now()
     except ValueError:
         expired = False
     if expired:
@@ -59,7 +59,7 @@ def _rejected_key(expires: str | None, url: str) -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def main(argv: list[str] | None = None) -> int:

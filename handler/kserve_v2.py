@@ -105,7 +105,7 @@ def answer_from_tensors(outputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "severity": by_name["severity"][0],
         "modalities": list(by_name["modalities"]),
         "simulated": list(by_name["simulated"]),
-        "attention": dict(zip(by_name["attention_tokens"], map(float, by_name["attention"]))),
+        "attention": dict(zip(by_name["attention_tokens"], map(float, by_name["attention"]), strict=True)),
         "model_version": by_name["model_version"][0],
     }
 

@@ -42,8 +42,8 @@ MAR = "pigment.mar"
 KSERVE_OVERRIDES: dict[str, tuple[str, str]] = {
     "inference_address": ("http://0.0.0.0:8080", "KServe sends traffic to the container's port 8080"),
     "metrics_address": ("http://0.0.0.0:8082", "scraped on 8082 (the runtime's prometheus.kserve.io/port)"),
-    "disable_token_authorization": ("true", "KServe's clients and probes cannot present the random per-pod key in "
-                                            "key_file.json; authentication belongs to the cluster's ingress/mesh"),
+    "disable_token_authorization": ("true", ("KServe's clients and probes cannot present the random per-pod key in "
+                                             "key_file.json; authentication belongs to the cluster's ingress/mesh")),
     "enable_envvars_config": ("true", "the runtime sets TS_SERVICE_ENVELOPE from protocolVersion (v2 -> kservev2)"),
     "service_envelope": ("kservev2", "pigment speaks the open inference protocol v2 (handler/kserve_v2.py)"),
     "model_store": (f"{MOUNT}/model-store", "where KServe mounts the storageUri"),

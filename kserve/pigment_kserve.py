@@ -50,11 +50,11 @@ log = logging.getLogger(__name__)
 class PigmentModel(kserve.Model):
     """One pigment checkpoint answering KServe v1 and v2 REST requests through the framework-free Predictor."""
 
-    def __init__(self, name: str, checkpoint: Path, options: PredictorOptions = PredictorOptions(),
+    def __init__(self, name: str, checkpoint: Path, options: PredictorOptions | None = None,
                  device: str = "cpu", max_batch: int = 1):
         super().__init__(name)
         self.checkpoint = checkpoint
-        self.options = options
+        self.options = options or PredictorOptions()
         self.device = device
         self.max_batch = max_batch
         self.predictor: Predictor | None = None

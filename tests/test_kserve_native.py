@@ -128,7 +128,7 @@ def test_v1_instances_are_answered_in_order_like_the_predictions_api(server, off
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     assert len(predictions) == len(batch)
-    for served, request in zip(predictions, batch):
+    for served, request in zip(predictions, batch, strict=True):
         assert_same_answer(served, offline.predict([request])[0])
 
 

@@ -169,8 +169,8 @@ def test_layout_refuses_an_archive_built_with_batch_size_above_one(storage, tmp_
             if item.filename == config_name:
                 data = yaml.safe_dump({**yaml.safe_load(data), "batchSize": 8}).encode()
             new.writestr(item, data)
-    result = subprocess.run([sys.executable, str(LAYOUT), str(mar), str(tmp_path / "storage")], capture_output=True,
-                            text=True)
+    result = subprocess.run([sys.executable, str(LAYOUT), str(mar), str(tmp_path / "storage")], check=False,
+                            capture_output=True, text=True)
     assert result.returncode != 0
     assert "batchSize 8" in result.stderr and "pytorch/serve#2158" in result.stderr
 
@@ -199,7 +199,7 @@ def test_concurrent_v2_requests_each_get_their_own_answer(server, offline):
     with ThreadPoolExecutor(len(batch)) as pool:
         responses = list(pool.map(lambda r: infer(server, v2_body(r)), batch))
     assert [r.status_code for r in responses] == [200] * len(batch)
-    for response, request in zip(responses, batch):
+    for response, request in zip(responses, batch, strict=True):
         assert_same_answer(answer_from_tensors(response.json()["outputs"]), offline.predict([request])[0])
 
 
