@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The main job (`make serve`): demo data -> demo model -> pigment.mar -> TorchServe -> a real answer.
+# Every step is skipped when its output already exists, so a second run only (re)starts what is missing.
+#   PIGMENT_DEMO_N       lesions to generate (default 600)
+#   PIGMENT_DEMO_CONFIG  training config (default training/configs/demo.yaml)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+PY=.venv/bin/python
+DATA=data/demo
+RUN=runs/demo
+STORE=model_store
+SERVER_DIR=logs
+N=${PIGMENT_DEMO_N:-600}
+CONFIG=${PIGMENT_DEMO_CONFIG:-training/configs/demo.yaml}
+start=$SECONDS
+step() { printf '\n==> [%4ds] %s\n' $((SECONDS - start)) "$*"; }
+
+if [[ ! -f $DATA/labels.csv ]]; then
+    step "generating the embedded benchmark: $N synthetic matched lesions in $DATA"
+    rm -rf "$DATA"
+    $PY -m training.synth --out "$DATA" --n "$N" --seed 1
+else
+    step "reusing $DATA ($(($(wc -l < "$DATA/labels.csv") - 1)) lesions)"
+fi
+
+if [[ ! -f $RUN/.complete ]]; then
+    resume=()
+    [[ -f $RUN/last.pth ]] && resume=(--resume)
+    step "training the demo model ($CONFIG) into $RUN ${resume[*]}"
+    $PY -m training.train --config "$CONFIG" --data "$DATA" --out "$RUN" "${resume[@]}"
+    touch "$RUN/.complete"
+else
+    step "reusing the trained model $RUN/best_model.pth"
+fi
+
+rebuilt=0
+if [[ ! -f $STORE/pigment.mar || $RUN/best_model.pth -nt $STORE/pigment.mar ]]; then
+    step "building $STORE/pigment.mar"
+    bash scripts/build_mar.sh "$RUN/best_model.pth" "$STORE"
+    rebuilt=1
+fi
+
+if $PY scripts/local_torchserve.py status --run-dir "$SERVER_DIR" >/dev/null 2>&1; then
+    if [[ $rebuilt == 1 ]]; then
+        step "restarting TorchServe with the new archive"
+        $PY scripts/local_torchserve.py stop --run-dir "$SERVER_DIR"
+        $PY scripts/local_torchserve.py start --model-store "$STORE" --run-dir "$SERVER_DIR"
+    else
+        step "TorchServe is already serving pigment"
+    fi
+else
+    step "starting TorchServe (loopback, token auth on)"
+    $PY scripts/local_torchserve.py start --model-store "$STORE" --run-dir "$SERVER_DIR"
+fi
+
+lesion=$(sed -n 2p "$DATA/labels.csv" | cut -d, -f1)
+clinical=$(ls "$DATA"/clinical/images/"$lesion".*)
+dermoscopy=$(ls "$DATA"/dermoscopy/images/"$lesion".* 2>/dev/null || true)
+args=(--clinical "$clinical")
+[[ -n $dermoscopy ]] && args+=(--dermoscopy "$dermoscopy")
+step "asking the served model about lesion $lesion"
+$PY scripts/client.py --run-dir "$SERVER_DIR" "${args[@]}"
+
+port=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["ports"]["inference"])' "$SERVER_DIR/server.json")
+cat <<MSG
+
+pigment is being served on http://127.0.0.1:$port (ready in $((SECONDS - start)) s). Try:
+
+  KEY=\$($PY -c 'import json; print(json.load(open("$SERVER_DIR/key_file.json"))["inference"]["key"])')
+  curl -s -X POST http://127.0.0.1:$port/predictions/pigment -H "Authorization: Bearer \$KEY" \\
+       -F "clinical_image=@$clinical"${dermoscopy:+ -F "dermoscopy_image=@$dermoscopy"}
+
+  $PY scripts/client.py ${args[*]}
+
+Logs: $SERVER_DIR/logs/   Keys: $SERVER_DIR/key_file.json   Stop: make stop
+MSG
