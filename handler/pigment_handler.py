@@ -67,13 +67,22 @@ class PigmentHandler(BaseHandler):
         return prepared
 
     def inference(self, prepared: list[Sample | Failure], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        """One batched forward for all valid requests, then one answer per request in order."""
+        """One batched forward for all valid predictions, Grad-CAM for explanations, one answer per request in order."""
         start = time.perf_counter()
-        answers = self.predictor.answer(prepared)
+        answers = self.predictor.answer(prepared, explain=self._explanation_requests(len(prepared)))
         self._time("PigmentInferenceTime", start)
         rejected = sum(isinstance(p, Failure) for p in prepared)
         log.info("batch of %d: %d answered, %d rejected", len(prepared), len(prepared) - rejected, rejected)
         return answers
+
+    def explain_handle(self, prepared: list[Sample | Failure], raw_data: list[Any]) -> list[dict[str, Any]]:
+        """``/explanations/pigment``. BaseHandler routes the whole batch here when its FIRST request is an
+        explanation, so each request is still answered as it asked (see :meth:`_explanation_requests`)."""
+        return self.inference(prepared)
+
+    def _explanation_requests(self, n: int) -> list[bool]:
+        """Which of the batch's requests came to ``/explanations`` (TorchServe sets an ``explain`` header on each)."""
+        return [self.context.get_request_header(idx, "explain") == "True" for idx in range(n)]
 
     def postprocess(self, answers: list[dict[str, Any]]) -> list[Any]:
         if kserve_v2.envelope_active(self.context):  # v2 outputs; the envelope wraps them into one v2 response

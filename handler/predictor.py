@@ -14,6 +14,10 @@ batch is answered. All valid requests of a batch go through one forward per enco
 different modality subsets (absent rows are zeros and ``aux_mask`` marks them), so each answer equals the
 answer the request gets alone.
 
+An explanation request (TorchServe's ``/explanations/pigment``, or :meth:`Predictor.explain`) is decoded and
+validated exactly like a prediction and answered with the score plus a Grad-CAM overlay per modality
+(``model.saliency``), computed on the eager fp32 torch model whatever the serving backend.
+
 A missing multispectral view is not simulated unless ``PredictorOptions.simulate_multispectral`` says so: the
 answer reflects exactly what the user sent (``training.infer_single`` follows the same policy).
 """
@@ -24,7 +28,7 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +36,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from model import saliency
 from model.accelerate import accelerate
 from model.checkpoint import load_for_inference
 from model.config import AUX_MODALITIES, MODALITIES
-from model.fusion_model import ATTENTION_TOKENS
-from model.preprocessing import DEFAULT_LIMITS, ImageLimits, InputError, decode_for_model, image_to_tensor
+from model.fusion_model import ATTENTION_TOKENS, FusionModel
+from model.preprocessing import (DEFAULT_LIMITS, ImageLimits, InputError, decode_for_model, decode_image,
+                                 image_to_tensor)
 from model.severity import severity_label
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,8 @@ BODY_KEYS = ("body", "data")
 """Names under which TorchServe passes a non-multipart body (``data`` comes from KServe-style envelopes)."""
 SCORE_DECIMALS = 4
 """Scores and attention weights are rounded to 4 decimals in answers; severity is decided on the exact score."""
+OVERLAY_MAX_SIDE = 1024
+"""Longest side of an explanation's overlay PNG: a 12 MP photo's overlay would be ~20 MB of base64."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,8 @@ class Sample:
 
     images: dict[str, Tensor]
     simulated: tuple[str, ...] = field(default=())
+    sources: dict[str, bytes] = field(default_factory=dict, repr=False)
+    """Modality -> the encoded bytes its view came from (a simulated view: its source photo), for overlays."""
 
     @property
     def modalities(self) -> list[str]:
@@ -113,7 +123,9 @@ class Predictor:
         warmed up for every size up to it, so no request pays a compile."""
         self.options = options
         self.device = torch.device(device)
+        self.checkpoint = Path(checkpoint)
         self.loaded = load_for_inference(checkpoint, self.device)
+        self._eager: FusionModel | None = None  # Grad-CAM's fp32 copy when the backend replaced the encoders
         accelerate(self.loaded.model, options.backend, max_batch, threads=torch.get_num_threads())
         self.limits = options.limits
         log.info("loaded %s (model_version %s) on %s, backend %s; simulate_multispectral=%s", checkpoint,
@@ -131,18 +143,65 @@ class Predictor:
         """Decode and validate each request on its own, so one bad request never fails the others."""
         return [self._prepare_one(request) for request in requests]
 
-    def answer(self, prepared: list[Sample | Failure]) -> list[dict[str, Any]]:
-        """One batched forward for all samples, then one answer per entry (failures pass through as bodies)."""
-        samples = [p for p in prepared if isinstance(p, Sample)]
+    def explain(self, requests: list[Any]) -> list[dict[str, Any]]:
+        """Like :meth:`predict`, but each valid request is answered with Grad-CAM overlays (:meth:`explain_sample`)."""
+        return self.answer(self.prepare(requests), explain=[True] * len(requests))
+
+    def answer(self, prepared: list[Sample | Failure], explain: Sequence[bool] | None = None) -> list[dict[str, Any]]:
+        """One batched forward for all samples, then one answer per entry (failures pass through as bodies).
+
+        ``explain[i]`` marks entries to answer with :meth:`explain_sample` instead (TorchServe may batch
+        explanation and prediction requests together); they are left out of the batched forward.
+        """
+        explain = [False] * len(prepared) if explain is None else list(explain)
+        samples = [p for p, e in zip(prepared, explain, strict=True) if isinstance(p, Sample) and not e]
         scores, attention = self.forward(samples) if samples else (torch.empty(0), torch.empty(0, 0))
         answers, k = [], 0
-        for item in prepared:
+        for item, wants_explanation in zip(prepared, explain, strict=True):
             if isinstance(item, Failure):
                 answers.append(item.body())
-                continue
-            answers.append(self._format(item, float(scores[k]), attention[k]))
-            k += 1
+            elif wants_explanation:
+                answers.append(self.explain_sample(item))
+            else:
+                answers.append(self._format(item, float(scores[k]), attention[k]))
+                k += 1
         return answers
+
+    def explain_sample(self, sample: Sample) -> dict[str, Any]:
+        """One sample -> score, severity, modalities and ``heatmaps: {modality: {"png_base64", "peak"}}``.
+
+        The score comes from the eager fp32 model that the maps differentiate, so with an accelerated backend it
+        can differ from the predicted score in the last decimals. Each overlay is drawn over the sent photo decoded
+        at full size (no JPEG draft), aspect ratio kept, longest side at most ``OVERLAY_MAX_SIDE``; ``peak`` is the
+        map's maximum (0.0: nothing in that image raised the score, see ``model.saliency``).
+        """
+        tensors = {m: _to_device(t.unsqueeze(0), self.device) for m, t in sample.images.items()}  # [1, 3, S, S]
+        result = saliency.explain(self._eager_model(), tensors, saliency.aux_mask_for(tensors).to(self.device))
+        heatmaps = {}
+        for modality, heat in result.heatmaps.items():
+            photo = decode_image(sample.sources[modality], f"{modality}_image", self.limits)
+            heatmaps[modality] = {"png_base64": saliency.overlay_base64(photo, heat, max_side=OVERLAY_MAX_SIDE),
+                                  "peak": round(float(heat.max()), SCORE_DECIMALS)}
+        return {
+            "score": round(result.score, SCORE_DECIMALS),
+            "severity": severity_label(result.score, self.loaded.severity),
+            "modalities": sample.modalities,
+            "simulated": list(sample.simulated),
+            "model_version": self.version,
+            "heatmaps": heatmaps,
+        }
+
+    def _eager_model(self) -> FusionModel:
+        """The fp32 torch model for Grad-CAM: the served one under ``eager_fp32``; otherwise a second copy, loaded
+        on the first explanation and kept (accelerated encoders have no autograd graph, OpenVINO's not even the
+        torch weights), so prediction-only workers never pay its memory."""
+        if self.options.backend == "eager_fp32":
+            return self.loaded.model
+        if self._eager is None:
+            log.info("first explanation under backend %s: loading an eager fp32 copy of %s for Grad-CAM",
+                     self.options.backend, self.checkpoint)
+            self._eager = load_for_inference(self.checkpoint, self.device).model
+        return self._eager
 
     @torch.inference_mode()
     def forward(self, samples: list[Sample]) -> tuple[Tensor, Tensor]:
@@ -164,13 +223,15 @@ class Predictor:
         cfg = self.loaded.data_cfg
         decoded = {FIELDS[name]: decode_for_model(data, name, cfg, self.limits) for name, data in fields.items()}
         images = {m: image_to_tensor(img, m, cfg) for m, img in decoded.items()}
+        sources = {FIELDS[name]: data for name, data in fields.items()}
         simulated: tuple[str, ...] = ()
         if self.options.simulate_multispectral and "multispectral" not in images:
             # Same rule as training's simulation: derive the H,S,L view from dermoscopy, else from clinical.
-            source = decoded.get("dermoscopy", decoded["clinical"])
-            images["multispectral"] = image_to_tensor(source, "multispectral", cfg)
+            origin = "dermoscopy" if "dermoscopy" in decoded else "clinical"
+            images["multispectral"] = image_to_tensor(decoded[origin], "multispectral", cfg)
+            sources["multispectral"] = sources[origin]
             simulated = ("multispectral",)
-        return Sample(images, simulated)
+        return Sample(images, simulated, sources)
 
     def _format(self, sample: Sample, score: float, attention: Tensor) -> dict[str, Any]:
         return {
