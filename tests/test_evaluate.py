@@ -16,12 +16,14 @@ from model.preprocessing import preprocess_path
 from tests.conftest import TINY_MODEL_CFG, make_tiny_model
 from training import evaluate, infer_single, synth
 from training.data import index_dataset, split_by_patient
-from training.metrics import confusion_matrix, quadratic_weighted_kappa, rank_average, spearman
+from model.colorimetry import SKIN_TONE_BANDS
+from training.metrics import bootstrap_intervals, confusion_matrix, quadratic_weighted_kappa, rank_average, spearman
 
 METRIC_KEYS = {"n", "mse", "mae", "rmse", "spearman", "severity_accuracy", "quadratic_kappa", "confusion_matrix"}
 SUMMARY_KEYS = {"checkpoint", "model_version", "data", "data_hash", "split", "n_lesions", "skipped",
                 "severity_thresholds", "simulate_multispectral", "overall", "baseline_mean", "train_label_mean",
-                "baseline_source", "mae_ratio_to_baseline", "subsets", "severity_counts"}
+                "baseline_source", "mae_ratio_to_baseline", "subsets", "severity_counts", "by_skin_tone",
+                "skin_tone_source", "bootstrap"}
 DATA_CFG = DataConfig(image_size=64)
 
 
@@ -45,7 +47,7 @@ def checkpoint(data, tmp_path_factory) -> Path:
 def test_evaluate_writes_metrics_summary_and_plots_with_the_documented_keys(data, checkpoint, tmp_path):
     summary = evaluate.main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path)])
     for name in ("metrics.csv", "summary.json", "score_distribution.png", "severity_distribution.png",
-                 "pred_vs_true.png"):
+                 "pred_vs_true.png", "reliability.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     written = json.loads((tmp_path / "summary.json").read_text())
     assert set(written) == SUMMARY_KEYS and written == json.loads(json.dumps(summary))
@@ -58,6 +60,41 @@ def test_evaluate_writes_metrics_summary_and_plots_with_the_documented_keys(data
     assert len(rows) == 24
     assert {"lesion_id", "true_score", "pred_score", "true_severity", "pred_severity",
             "modalities_used"} <= set(rows[0])
+
+
+def test_evaluation_reports_by_skin_tone_with_bootstrap_intervals_around_the_point_estimates(data, checkpoint,
+                                                                                              tmp_path):
+    summary = evaluate.main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path)])
+    assert summary["skin_tone_source"] == "synth_truth.csv"
+    assert list(summary["by_skin_tone"]) == list(SKIN_TONE_BANDS)  # light to dark, empty bands kept as n=0
+    assert sum(block["n"] for block in summary["by_skin_tone"].values()) == summary["n_lesions"]
+    boot, overall = summary["bootstrap"], summary["overall"]
+    assert (boot["n_resamples"], boot["seed"]) == (1000, 0)
+    assert boot["mae"][0] <= overall["mae"] <= boot["mae"][1]
+    if overall["quadratic_kappa"] is not None:
+        assert boot["quadratic_kappa"][0] <= overall["quadratic_kappa"] <= boot["quadratic_kappa"][1]
+    assert (tmp_path / "reliability.png").stat().st_size > 0
+
+
+def test_without_synth_truth_the_skin_tone_is_measured_on_the_images(data, checkpoint, tmp_path):
+    lesions = index_dataset(data).lesions[:6]
+    bands, source = evaluate.skin_tones(lesions, tmp_path / "manifest.csv")  # a folder without synth_truth.csv
+    assert source == "measured_ita" and len(bands) == 6
+    assert set(bands) <= {*SKIN_TONE_BANDS, evaluate.UNMEASURED}
+    truth_bands, _ = evaluate.skin_tones(lesions, data)
+    agree = sum(a == b for a, b in zip(bands, truth_bands))
+    assert agree >= 3, (bands, truth_bands)  # measured ITA mostly lands in the generator's band
+
+
+def test_bootstrap_intervals_are_reproducible_and_shrink_with_more_lesions():
+    rng = np.random.default_rng(0)
+    true = rng.random(400)
+    pred = np.clip(true + rng.normal(0, 0.1, 400), 0, 1)
+    small = bootstrap_intervals(true[:40], pred[:40], SeverityConfig())
+    assert small == bootstrap_intervals(true[:40], pred[:40], SeverityConfig())
+    large = bootstrap_intervals(true, pred, SeverityConfig())
+    assert np.diff(large["mae"]) < np.diff(small["mae"]) and np.diff(large["quadratic_kappa"]) < np.diff(
+        small["quadratic_kappa"])
 
 
 def test_split_val_scores_exactly_the_checkpoints_validation_lesions(data, checkpoint, tmp_path):

@@ -10,7 +10,12 @@ Writes to OUT:
   pred_severity, modalities_used (e.g. ``clinical+dermoscopy+multispectral``), multispectral_simulated,
   pred_clinical_only
 * ``summary.json`` every number, keys below
-* ``score_distribution.png``, ``severity_distribution.png``, ``pred_vs_true.png``
+* ``score_distribution.png``, ``severity_distribution.png``, ``pred_vs_true.png``, ``reliability.png`` (mean true vs
+  mean predicted score per predicted-score bin, with the lesions of each bin counted per skin-tone band)
+
+Skin tone: the ``skin_tone_band`` column of DATA's ``synth_truth.csv`` when there is one (the synthetic benchmark),
+else the ITA band of the skin around the lesion measured by ``model.colorimetry`` on the dermoscopy image (else the
+clinical one); a lesion whose segmentation fails is ``unmeasured``.
 
 ``summary.json`` keys (a "metrics block" is ``n, mse, mae, rmse, spearman, severity_accuracy, quadratic_kappa,
 confusion_matrix``; the matrix is 3x3, rows = true Mild/Moderate/Severe, columns = predicted; ``spearman`` and
@@ -33,6 +38,11 @@ confusion_matrix``; the matrix is 3x3, rows = true Mild/Moderate/Severe, columns
                                metrics block over the lesions that have those modalities, scored with exactly
                                them, plus ``clinical_only_mae`` on the same lesions for a like-for-like comparison
 ``severity_counts``            ``{"true": {Mild, Moderate, Severe}, "pred": {...}}``
+``by_skin_tone``               ``{band: metrics block}`` for each band of ``model.colorimetry.SKIN_TONE_BANDS`` (light
+                               to dark; ``{"n": 0}`` when empty), then ``unmeasured`` if any; the n sum to n_lesions
+``skin_tone_source``           ``"synth_truth.csv"`` or ``"measured_ita"`` (dermoscopy, else clinical)
+``bootstrap``                  95% percentile intervals resampling lesions: ``{"mae": [lo, hi], "quadratic_kappa":
+                               [lo, hi] or null, "n_resamples": 1000, "seed": 0}``
 =============================  ================================================================================
 """
 
@@ -54,10 +64,12 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from model.checkpoint import LoadedModel, load_for_inference  # noqa: E402
+from model.colorimetry import SKIN_TONE_BANDS, SegmentationError, measure  # noqa: E402
 from model.config import AUX_MODALITIES  # noqa: E402
+from model.preprocessing import load_image  # noqa: E402
 from model.severity import LABELS, severity_label  # noqa: E402
 from training.data import Lesion, LesionDataset, available_modalities, index_dataset, select  # noqa: E402
-from training.metrics import score_metrics  # noqa: E402
+from training.metrics import bootstrap_intervals, score_metrics  # noqa: E402
 from training.train import predict_batch  # noqa: E402
 
 log = logging.getLogger("training.evaluate")
@@ -69,6 +81,9 @@ SUBSETS: dict[str, tuple[str, ...]] = {
     "all": AUX_MODALITIES,
 }
 """Modality subsets scored separately: the auxiliary modalities each one uses (clinical is always used)."""
+UNMEASURED = "unmeasured"
+"""Skin-tone band of a lesion whose skin could not be measured (segmentation failed)."""
+RELIABILITY_BINS = 10
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,9 +106,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lesions = lesions_for_split(index.lesions, args.split, loaded.provenance, str(args.data))
     predictions = predict_subsets(loaded, lesions, args.batch_size, args.device)
     summary = summarize(loaded, lesions, predictions)
+    tones, tone_source = skin_tones(lesions, args.data)
     summary.update(checkpoint=str(args.checkpoint), data=str(args.data), data_hash=index.data_hash,
-                   split=args.split, skipped=index.skip_counts())
-    write_outputs(args.out, loaded, lesions, predictions, summary)
+                   split=args.split, skipped=index.skip_counts(), skin_tone_source=tone_source,
+                   by_skin_tone=by_skin_tone(lesions, predictions["available"], tones, loaded))
+    write_outputs(args.out, loaded, lesions, predictions, summary, tones)
     print_summary(summary, args.out)
     return summary
 
@@ -162,7 +179,38 @@ def summarize(loaded: LoadedModel, lesions: list[Lesion], predictions: dict[str,
             "true": _counts(true, severity),
             "pred": _counts(pred, severity),
         },
+        "bootstrap": bootstrap_intervals(true, pred, severity, n_resamples=1000, seed=0),
     }
+
+
+def skin_tones(lesions: list[Lesion], data: Path) -> tuple[list[str], str]:
+    """Each lesion's skin-tone band and where the bands came from (``"synth_truth.csv"`` or ``"measured_ita"``)."""
+    truth = (data if data.is_dir() else data.parent) / "synth_truth.csv"
+    if truth.is_file():
+        with truth.open(newline="") as f:
+            reader = csv.DictReader(f)
+            bands = {row["lesion_id"]: row["skin_tone_band"] for row in reader} \
+                if "skin_tone_band" in (reader.fieldnames or []) else None
+        if bands is not None:
+            return [bands.get(x.lesion_id) or UNMEASURED for x in lesions], "synth_truth.csv"
+    return [_measured_band(x) for x in lesions], "measured_ita"
+
+
+def _measured_band(lesion: Lesion) -> str:
+    """ITA band of the skin around the lesion, on dermoscopy (even lighting, lesion centred) else clinical."""
+    try:
+        return measure(load_image(lesion.dermoscopy or lesion.clinical)).skin_tone_band
+    except SegmentationError as error:
+        log.info("%s: skin tone not measured (%s)", lesion.lesion_id, error.reason)
+        return UNMEASURED
+
+
+def by_skin_tone(lesions: list[Lesion], pred: np.ndarray, tones: list[str], loaded: LoadedModel) -> dict[str, Any]:
+    """``{band: metrics block}`` light to dark (every band, ``{"n": 0}`` when empty), ``unmeasured`` last if any."""
+    true = np.array([x.score for x in lesions], dtype=np.float64)
+    tones_arr = np.array(tones, dtype=object)
+    bands = list(SKIN_TONE_BANDS) + ([UNMEASURED] if UNMEASURED in tones else [])
+    return {band: score_metrics(true[tones_arr == band], pred[tones_arr == band], loaded.severity) for band in bands}
 
 
 def _counts(scores: np.ndarray, severity) -> dict[str, int]:
@@ -176,7 +224,7 @@ def _counts(scores: np.ndarray, severity) -> dict[str, int]:
 
 
 def write_outputs(out: Path, loaded: LoadedModel, lesions: list[Lesion], predictions: dict[str, np.ndarray],
-                  summary: dict[str, Any]) -> None:
+                  summary: dict[str, Any], tones: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_metrics_csv(out / "metrics.csv", loaded, lesions, predictions)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -184,6 +232,7 @@ def write_outputs(out: Path, loaded: LoadedModel, lesions: list[Lesion], predict
     plot_score_distribution(out / "score_distribution.png", true, predictions["available"])
     plot_severity_distribution(out / "severity_distribution.png", summary["severity_counts"])
     plot_pred_vs_true(out / "pred_vs_true.png", true, predictions["available"], summary)
+    plot_reliability(out / "reliability.png", true, predictions["available"], tones or [UNMEASURED] * len(true))
 
 
 def write_metrics_csv(path: Path, loaded: LoadedModel, lesions: list[Lesion],
@@ -237,6 +286,28 @@ def plot_pred_vs_true(path: Path, true: np.ndarray, pred: np.ndarray, summary: d
     _save(fig, path)
 
 
+def plot_reliability(path: Path, true: np.ndarray, pred: np.ndarray, tones: list[str]) -> None:
+    """Left: mean true vs mean predicted score per predicted-score bin (on the diagonal = calibrated). Right: the
+    lesions of each bin per skin-tone band, to see which tones a bin's mean speaks for."""
+    edges = np.linspace(0, 1, RELIABILITY_BINS + 1)
+    bins = np.clip(np.digitize(pred, edges[1:-1]), 0, RELIABILITY_BINS - 1)  # [N] bin of each prediction
+    filled = [b for b in range(RELIABILITY_BINS) if (bins == b).any()]
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(10, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
+    ax.plot([pred[bins == b].mean() for b in filled], [true[bins == b].mean() for b in filled], "o-", label="model")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted score", ylabel="mean true score",
+           title="Reliability of the severity score")
+    ax.legend(loc="upper left")
+    centres, bottom = (edges[:-1] + edges[1:]) / 2, np.zeros(RELIABILITY_BINS)
+    for band in [b for b in (*SKIN_TONE_BANDS, UNMEASURED) if b in tones]:
+        counts = np.bincount(bins[np.array(tones) == band], minlength=RELIABILITY_BINS)
+        bars.bar(centres, counts, width=0.9 / RELIABILITY_BINS, bottom=bottom, label=band)
+        bottom += counts
+    bars.set(xlim=(0, 1), xlabel="predicted score bin", ylabel="lesions", title="Lesions per bin by skin tone")
+    bars.legend(fontsize="small")
+    _save(fig, path)
+
+
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -253,7 +324,15 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         if block["n"]:
             print(f"  {name:<24} n={block['n']:<5} MAE {block['mae']:.4f}  "
                   f"(clinical only on the same lesions {block['clinical_only_mae']:.4f})")
-    print(f"wrote {out}/summary.json, metrics.csv and plots")
+    boot = summary["bootstrap"]
+    kappa = boot["quadratic_kappa"]
+    print(f"  95% bootstrap intervals: MAE [{boot['mae'][0]:.4f}, {boot['mae'][1]:.4f}]  kappa "
+          + ("n/a" if kappa is None else f"[{kappa[0]:.4f}, {kappa[1]:.4f}]"))
+    for band, block in summary.get("by_skin_tone", {}).items():
+        if block["n"]:
+            print(f"  skin tone {band:<14} n={block['n']:<5} MAE {block['mae']:.4f}  "
+                  f"kappa {_fmt(block['quadratic_kappa'])}")
+    print(f"wrote {out}/summary.json, metrics.csv and plots (skin tone from {summary.get('skin_tone_source')})")
 
 
 def _fmt(value: float | None) -> str:

@@ -79,3 +79,41 @@ def score_metrics(true: np.ndarray, pred: np.ndarray, severity: SeverityConfig) 
         "quadratic_kappa": quadratic_weighted_kappa(matrix),
         "confusion_matrix": matrix.tolist(),
     }
+
+
+def bootstrap_intervals(true: np.ndarray, pred: np.ndarray, severity: SeverityConfig, n_resamples: int = 1000,
+                        seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+    """Percentile bootstrap intervals of MAE and quadratic kappa, resampling lesions with replacement.
+
+    All resamples at once: an index matrix ``[R, N]``, per-resample MAE as a row mean and per-resample 3x3
+    confusion matrices from one ``bincount`` (~0.1 s for 1000 x 2000 lesions). Resamples where kappa is undefined
+    are left out of its interval; an interval is None when no resample defines it.
+
+    Returns:
+        ``{"mae": [lo, hi], "quadratic_kappa": [lo, hi] | None, "n_resamples": R, "seed": seed}``.
+    """
+    true, pred = np.asarray(true, np.float64), np.asarray(pred, np.float64)
+    n, k = len(true), len(LABELS)
+    if n == 0:
+        return {"mae": None, "quadratic_kappa": None, "n_resamples": n_resamples, "seed": seed}
+    rows = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))  # [R, N] lesion indices
+    mae = np.abs(pred - true)[rows].mean(axis=1)  # [R]
+    true_cls = np.array([severity_index(s, severity) for s in true])
+    pred_cls = np.array([severity_index(s, severity) for s in pred])
+    cells = (true_cls * k + pred_cls)[rows] + (k * k) * np.arange(n_resamples)[:, None]  # [R, N] global cell id
+    matrices = np.bincount(cells.ravel(), minlength=n_resamples * k * k).reshape(n_resamples, k, k).astype(float)
+    i, j = np.indices((k, k))
+    weights = (i - j) ** 2 / (k - 1) ** 2  # [k, k], as quadratic_weighted_kappa
+    expected = matrices.sum(2)[:, :, None] * matrices.sum(1)[:, None, :] / n  # [R, k, k]
+    denom = (weights * expected).sum(axis=(1, 2))
+    kappa = np.where(denom > 0, 1.0 - (weights * matrices).sum(axis=(1, 2)) / np.where(denom > 0, denom, 1.0), np.nan)
+    return {"mae": _interval(mae, level), "quadratic_kappa": _interval(kappa, level), "n_resamples": n_resamples,
+            "seed": seed}
+
+
+def _interval(values: np.ndarray, level: float) -> list[float] | None:
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return None
+    tail = (1.0 - level) / 2 * 100
+    return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
