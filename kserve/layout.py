@@ -1,6 +1,6 @@
 """Lay out a KServe storageUri folder for the TorchServe runtime (open inference protocol v2).
 
-    python kserve/layout.py runs/demo/best.pth kserve_storage            # build the archive from a checkpoint
+    python kserve/layout.py runs/demo/best_model.pth kserve_storage            # build the archive from a checkpoint
     python kserve/layout.py model_store/pigment.mar kserve_storage       # or copy an archive built with batchSize 1
 
 writes::

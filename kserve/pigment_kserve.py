@@ -1,6 +1,6 @@
 """pigment on KServe's own Python model server (no TorchServe, no Java): a ``kserve.Model`` over the Predictor.
 
-    .venv-kserve/bin/python kserve/pigment_kserve.py --checkpoint runs/demo/best.pth            # 0.0.0.0:8080
+    .venv-kserve/bin/python kserve/pigment_kserve.py --checkpoint runs/demo/best_model.pth            # 0.0.0.0:8080
     .venv-kserve/bin/python kserve/pigment_kserve.py --checkpoint ... --bind_host 127.0.0.1 --http_port 8090 \\
         --enable_grpc false
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build EXPORT_DIR/pigment.mar (default model_store/) from a trained pigment checkpoint.
 #
-#   scripts/build_mar.sh runs/demo/best.pth [EXPORT_DIR]
+#   scripts/build_mar.sh runs/demo/best_model.pth [EXPORT_DIR]
 #
 # The archive holds the checkpoint (serializedFile), the handler entry file, the model/ and handler/ packages
 # (staged in one folder, because torch-model-archiver --extra-files flattens what it is given),
@@ -16,7 +16,7 @@ ARCHIVER=$(dirname "$PY")/torch-model-archiver
 [[ -x $ARCHIVER ]] || ARCHIVER=torch-model-archiver
 
 if [[ $# -lt 1 || $# -gt 2 ]]; then
-    echo "usage: $0 CHECKPOINT [EXPORT_DIR]   (e.g. $0 runs/demo/best.pth model_store)" >&2
+    echo "usage: $0 CHECKPOINT [EXPORT_DIR]   (e.g. $0 runs/demo/best_model.pth model_store)" >&2
     exit 2
 fi
 CKPT=$(realpath "$1")

@@ -1,7 +1,7 @@
 """Export a trained checkpoint for serving: a slim state_dict checkpoint, or a self-describing TorchScript program.
 
-    python -m training.export --checkpoint runs/demo/best.pth --format state_dict --out export/pigment.pth
-    python -m training.export --checkpoint runs/demo/best.pth --format torchscript --out export/pigment.pt
+    python -m training.export --checkpoint runs/demo/best_model.pth --format state_dict --out export/pigment.pth
+    python -m training.export --checkpoint runs/demo/best_model.pth --format torchscript --out export/pigment.pt
 
 ``state_dict``: the same checkpoint format (same ``format_version``, still ``weights_only``-loadable) with only what
 serving needs: configs, severity bands, weights, provenance. Optimizer and other resume state are dropped.
