@@ -38,11 +38,12 @@ from torch import Tensor
 
 from model import saliency
 from model.accelerate import accelerate
+from model.answer import format_answer
 from model.checkpoint import load_for_inference
 from model.config import AUX_MODALITIES, MODALITIES
-from model.fusion_model import ATTENTION_TOKENS, FusionModel
+from model.fusion_model import FusionModel
 from model.preprocessing import (DEFAULT_LIMITS, ImageLimits, InputError, decode_for_model, decode_image,
-                                 image_to_tensor)
+                                 image_to_tensor, simulation_source)
 from model.severity import severity_label
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class Predictor:
 
     @torch.inference_mode()
     def forward(self, samples: list[Sample]) -> tuple[Tensor, Tensor]:
-        """Samples with any modality subsets -> scores ``[B]`` and attention ``[B, len(ATTENTION_TOKENS)]``."""
+        """Samples with any modality subsets -> scores ``[B]`` and attention ``[B, 3]`` (model.fusion_model.ATTENTION_TOKENS)."""
         clinical = torch.stack([s.images["clinical"] for s in samples])  # [B, 3, S, S]
         aux = [_stack_present(samples, m, clinical) for m in AUX_MODALITIES]  # [B, 3, S, S] or None each
         aux_mask = torch.tensor([[m in s.images for m in AUX_MODALITIES] for s in samples])  # [B, 2] bool
@@ -227,21 +228,15 @@ class Predictor:
         simulated: tuple[str, ...] = ()
         if self.options.simulate_multispectral and "multispectral" not in images:
             # Same rule as training's simulation: derive the H,S,L view from dermoscopy, else from clinical.
-            origin = "dermoscopy" if "dermoscopy" in decoded else "clinical"
+            origin = simulation_source(decoded)
             images["multispectral"] = image_to_tensor(decoded[origin], "multispectral", cfg)
             sources["multispectral"] = sources[origin]
             simulated = ("multispectral",)
         return Sample(images, simulated, sources)
 
     def _format(self, sample: Sample, score: float, attention: Tensor) -> dict[str, Any]:
-        return {
-            "score": round(score, SCORE_DECIMALS),
-            "severity": severity_label(score, self.loaded.severity),
-            "modalities": sample.modalities,
-            "simulated": list(sample.simulated),
-            "attention": {t: round(float(w), SCORE_DECIMALS) for t, w in zip(ATTENTION_TOKENS, attention)},
-            "model_version": self.version,
-        }
+        return format_answer(score, attention.tolist(), sample.modalities, sample.simulated, self.loaded.severity,
+                             self.version, decimals=SCORE_DECIMALS)
 
 
 def read_fields(request: Any) -> dict[str, bytes]:

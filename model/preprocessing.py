@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -143,6 +144,12 @@ def image_to_tensor(img: Image.Image, modality: str, cfg: DataConfig) -> torch.T
         channels, mean, std = rgb, cfg.mean, cfg.std
     normalized = (channels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(normalized.transpose(2, 0, 1)))
+
+
+def simulation_source(images: Mapping[str, object]) -> str:
+    """The view a missing multispectral image is simulated from: the dermoscopy photo if there is one, else the
+    clinical photo (``images`` maps modality -> decoded image)."""
+    return "dermoscopy" if "dermoscopy" in images else "clinical"
 
 
 def pseudo_multispectral(rgb: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from model.config import AUX_MODALITIES, MODALITIES, DataConfig
-from model.preprocessing import InputError, image_to_tensor, load_image
+from model.preprocessing import InputError, image_to_tensor, load_image, simulation_source
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +307,7 @@ def lesion_tensors(lesion: Lesion, data_cfg: DataConfig) -> dict[str, Tensor]:
     images: dict[str, Image.Image] = {m: load_image(p, data_cfg) for m, p in paths.items() if p is not None}
     tensors = {m: image_to_tensor(img, m, data_cfg) for m, img in images.items()}
     if "multispectral" not in tensors and data_cfg.simulate_multispectral:
-        source = images.get("dermoscopy", images["clinical"])
-        tensors["multispectral"] = image_to_tensor(source, "multispectral", data_cfg)
+        tensors["multispectral"] = image_to_tensor(images[simulation_source(images)], "multispectral", data_cfg)
     zeros = torch.zeros(3, data_cfg.image_size, data_cfg.image_size)
     out = {m: tensors.get(m, zeros) for m in MODALITIES}
     out["aux_mask"] = torch.tensor([m in tensors for m in AUX_MODALITIES])

@@ -21,9 +21,8 @@ import torch
 
 from model.checkpoint import LoadedModel, load_for_inference
 from model.config import AUX_MODALITIES
-from model.fusion_model import ATTENTION_TOKENS
-from model.preprocessing import image_to_tensor, load_image
-from model.severity import severity_label
+from model.answer import format_answer
+from model.preprocessing import image_to_tensor, load_image, simulation_source
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +57,7 @@ def load_tensors(files: dict[str, Path | None], loaded: LoadedModel,
     tensors = {m: image_to_tensor(img, m, cfg) for m, img in images.items()}
     simulated = []
     if simulate_multispectral and "multispectral" not in tensors:
-        tensors["multispectral"] = image_to_tensor(images.get("dermoscopy", images["clinical"]), "multispectral", cfg)
+        tensors["multispectral"] = image_to_tensor(images[simulation_source(images)], "multispectral", cfg)
         simulated.append("multispectral")
     return tensors, simulated
 
@@ -69,15 +68,9 @@ def predict_tensors(loaded: LoadedModel, tensors: dict[str, torch.Tensor], simul
     """One lesion's tensors ``{modality: [3, S, S]}`` -> the answer dict (score, severity, modalities, attention)."""
     batch = {m: t.unsqueeze(0).to(device) for m, t in tensors.items()}  # [1, 3, S, S]
     out = loaded.model(batch["clinical"], batch.get("dermoscopy"), batch.get("multispectral"))
-    score = float(out.score[0])
-    return {
-        "score": score,
-        "severity": severity_label(score, loaded.severity),
-        "modalities": ["clinical", *(m for m in AUX_MODALITIES if m in tensors)],
-        "simulated": list(simulated or []),
-        "attention": {token: float(w) for token, w in zip(ATTENTION_TOKENS, out.attention[0])},
-        "model_version": loaded.version,
-    }
+    modalities = ["clinical", *(m for m in AUX_MODALITIES if m in tensors)]
+    return format_answer(float(out.score[0]), out.attention[0].tolist(), modalities, simulated or [],
+                         loaded.severity, loaded.version)
 
 
 def predict_files(loaded: LoadedModel, files: dict[str, Path | None], simulate_multispectral: bool = False,

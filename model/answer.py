@@ -1,0 +1,31 @@
+"""The answer for one lesion: the one definition of what offline inference and the server return."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from model.config import SeverityConfig
+from model.fusion_model import ATTENTION_TOKENS
+from model.severity import severity_label
+
+
+def format_answer(score: float, attention: Sequence[float], modalities: Sequence[str], simulated: Sequence[str],
+                  severity: SeverityConfig, model_version: str, decimals: int | None = None) -> dict[str, Any]:
+    """``{score, severity, modalities, simulated, attention: {token: weight}, model_version}``.
+
+    ``attention`` holds one weight per ``ATTENTION_TOKENS`` entry. With ``decimals`` the score and weights are
+    rounded (serving); the severity is always decided on the unrounded score.
+    """
+
+    def rounded(value: float) -> float:
+        return float(value) if decimals is None else round(float(value), decimals)
+
+    return {
+        "score": rounded(score),
+        "severity": severity_label(float(score), severity),
+        "modalities": list(modalities),
+        "simulated": list(simulated),
+        "attention": {token: rounded(w) for token, w in zip(ATTENTION_TOKENS, attention, strict=True)},
+        "model_version": model_version,
+    }
