@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 import timm
-import torch
 from torch import Tensor, nn
 
 from model.config import ModelConfig
@@ -55,7 +54,3 @@ def _create_backbone(cfg: ModelConfig, kwargs: dict, pretrained: bool) -> nn.Mod
             f"--set model.pretrained_file=PATH, or train from scratch with --set model.pretrained=false"
         ) from exc
 
-
-@torch.no_grad()
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -518,7 +518,7 @@ def markdown_tables(r: dict[str, Any]) -> str:
         f"{_ok(s['checks']['model >= 70% of bf16 limit'])} |",
         f"| served / offline predictor (same settings) | >= 85 % | {s['served_c8_rps']} / {s['offline_rps']} "
         f"req/s = **{100 * s['served_over_offline']:.0f} %** | {_ok(s['checks']['served >= 85% of offline'])} |",
-        f"| fast paths vs eager fp32 (max abs d score, severity agreement) | <= 0.01, >= 99 % | "
+        "| fast paths vs eager fp32 (max abs d score, severity agreement) | <= 0.01, >= 99 % | "
         + "; ".join(f"{k}: {v['max_abs_score_diff']}, {100 * v['severity_agreement']:.0f} %"
                     for k, v in r["accuracy"].items() if isinstance(v, dict) and "max_abs_score_diff" in v)
         + f" | {_ok(s['checks']['accuracy'])} |",
