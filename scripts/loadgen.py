@@ -74,11 +74,13 @@ def check_loopback(url: str) -> None:
 
 def run_load(url: str, bodies: Sequence[Body], total: int, concurrency: int, max_seconds: float,
              headers: Callable[[], dict[str, str]] | dict[str, str] | None = None, timeout: float = 60.0,
-             stop: threading.Event | None = None, pick: Callable[[int], int] | None = None) -> list[Result]:
+             stop: threading.Event | None = None, pick: Callable[[int], int] | None = None,
+             on_result: Callable[[Result], None] | None = None) -> list[Result]:
     """Send ``total`` requests (body ``pick(seq)``, default ``seq % len(bodies)``) from ``concurrency`` threads.
 
     Stops early after ``max_seconds`` or when ``stop`` is set; requests not sent are simply absent from the
-    result. ``headers`` may be a callable so that a key refreshed mid-run is picked up.
+    result. ``headers`` may be a callable so that a key refreshed mid-run is picked up. ``on_result`` is called
+    with each result as it arrives, one call at a time (a progress bar).
     """
     check_loopback(url)
     if total < 1 or concurrency < 1 or max_seconds <= 0:
@@ -110,6 +112,9 @@ def run_load(url: str, bodies: Sequence[Body], total: int, concurrency: int, max
             except requests.RequestException as exc:
                 status, text, error = 0, "", f"{type(exc).__name__}: {exc}"
             local.append(Result(seq, pick(seq), start, time.monotonic(), status, _json(text), error))
+            if on_result is not None:
+                with lock:
+                    on_result(local[-1])
         session.close()
         with lock:
             results.extend(local)

@@ -1,0 +1,78 @@
+"""Where the CPU goes while a TorchServe serves: seconds per process, and per kind of thread inside the JVM.
+
+On a 2-core machine every millisecond the Java frontend, the JIT compiler or the load generator spends is a
+millisecond the model does not get, so the benchmark reports CPU time per answered request for each of them.
+
+    meter = CpuMeter(server_pid, worker_pids)
+    before = meter.sample()
+    ...                                  # the load
+    spent = meter.since(before)          # {"frontend_netty": s, "frontend_jit": s, ..., "worker_0": s, "client": s}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import psutil
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+JVM_THREAD_KINDS: tuple[tuple[str, str], ...] = (
+    ("epollEventLoopG", "netty"),  # Netty event loops: HTTP parsing, multipart decoding, the workers' sockets
+    ("nioEventLoopGro", "netty"),
+    ("C1 CompilerThre", "jit"),  # HotSpot's compilers: busy until the hot paths are compiled (a warm-up cost)
+    ("C2 CompilerThre", "jit"),
+    ("GC Thread", "gc"),
+    ("G1 ", "gc"),
+)
+"""Thread-name prefixes (Linux keeps the first 15 characters) -> kind; any other thread counts as ``other``."""
+
+
+def jvm_thread_kind(name: str) -> str:
+    return next((kind for prefix, kind in JVM_THREAD_KINDS if name.startswith(prefix)), "other")
+
+
+def jvm_thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) the live threads of process ``pid`` have used, summed by :func:`jvm_thread_kind`."""
+    totals = {kind: 0.0 for kind in ("netty", "jit", "gc", "other")}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended between listing and reading
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3, utime 14, stime 15
+        totals[jvm_thread_kind(name)] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return totals
+
+
+class CpuMeter:
+    """CPU seconds of a TorchServe frontend (by thread kind), its workers, its reaped children and this process."""
+
+    def __init__(self, frontend_pid: int, worker_pids: Sequence[int]):
+        self.frontend = psutil.Process(frontend_pid)
+        self.workers = [psutil.Process(pid) for pid in worker_pids]
+        self.client = psutil.Process()
+
+    def sample(self) -> dict[str, float]:
+        """Cumulative seconds so far, keyed ``frontend_<kind>``, ``metrics_collector``, ``worker_<i>``, ``client``."""
+        out = {f"frontend_{kind}": s for kind, s in jvm_thread_cpu(self.frontend.pid).items()}
+        times = self.frontend.cpu_times()
+        # TorchServe runs its system-metrics collector as a short Python process every minute; once reaped,
+        # its time shows up as the frontend's children time.
+        out["metrics_collector"] = times.children_user + times.children_system
+        for i, worker in enumerate(self.workers):
+            out[f"worker_{i}"] = _own_cpu(worker)
+        out["client"] = _own_cpu(self.client)
+        return out
+
+    def since(self, before: dict[str, float]) -> dict[str, float]:
+        """Seconds spent since ``before`` (a :meth:`sample`), per key."""
+        now = self.sample()
+        return {key: now[key] - before[key] for key in now}
+
+
+def _own_cpu(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
