@@ -1,0 +1,142 @@
+"""The benchmark's own machinery (scripts/benchmark.py, scripts/cpu_meter.py): what it measures must be right.
+
+The benchmark itself runs for minutes on real-size models (`make benchmark`); these tests check its parts on the
+tiny model and on this test process: CPU accounting, the paired offline/served rounds, the readout fit that makes
+severity agreement a real test, variant parsing and the summary's checks.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from handler.predictor import Predictor
+from model.severity import severity_label
+from scripts.benchmark import Variant, _percentile, _scores, fit_readout, load_summary, paired_rounds, steady_rate
+from scripts.benchmark_report import summarize
+from scripts.cpu_meter import CpuMeter, jvm_thread_cpu, jvm_thread_kind
+from scripts.loadgen import Result
+from tests.images import SUBSETS, request_for
+
+
+def _burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_jvm_threads_are_classified_by_their_name_prefix():
+    assert jvm_thread_kind("epollEventLoopG") == "netty"
+    assert jvm_thread_kind("C2 CompilerThre") == jvm_thread_kind("C1 CompilerThre") == "jit"
+    assert jvm_thread_kind("GC Thread#0") == jvm_thread_kind("G1 Conc#0") == "gc"
+    assert jvm_thread_kind("W-9000-pigment_") == jvm_thread_kind("python") == "other"
+
+
+def test_thread_cpu_counts_the_time_this_process_burns():
+    import os
+
+    before = jvm_thread_cpu(os.getpid())
+    _burn(0.3)
+    after = jvm_thread_cpu(os.getpid())
+    assert after["other"] - before["other"] >= 0.2  # this Python process's threads are "other"
+    assert all(after[k] >= before[k] for k in before)
+
+
+def test_cpu_meter_reports_seconds_spent_per_process_since_a_sample():
+    import os
+
+    meter = CpuMeter(os.getpid(), [os.getpid()])
+    before = meter.sample()
+    _burn(0.3)
+    spent = meter.since(before)
+    assert set(spent) == {"frontend_netty", "frontend_jit", "frontend_gc", "frontend_other", "metrics_collector",
+                          "worker_0", "client"}
+    assert spent["client"] >= 0.2 and spent["worker_0"] >= 0.2 and spent["frontend_other"] >= 0.2
+
+
+def test_paired_rounds_alternate_which_side_runs_first_and_divide_served_by_offline():
+    order = []
+
+    class FakeOffline:
+        def run(self, count):
+            order.append("offline")
+            return {"throughput_rps": 10.0, "requests": count}
+
+    def served(desc):
+        order.append("served")
+        return {"throughput_rps": 9.0, "requests": 4}, [Result(0, 0, 0.0, 1.0, 200)]
+
+    rounds, pooled = paired_rounds(FakeOffline(), served, rounds=3, count=4)
+    assert order == ["offline", "served", "served", "offline", "offline", "served"]
+    assert [r["ratio"] for r in rounds] == [0.9, 0.9, 0.9] and len(pooled) == 3
+
+
+def test_load_summary_counts_only_answered_requests_and_names_errors():
+    results = [Result(i, 0, 0.0, 0.1 * (i + 1), 200) for i in range(9)] + [Result(9, 0, 0.0, 5.0, 503)]
+    summary = load_summary(results, wall=2.0, concurrency=1)
+    assert summary["ok"] == 9 and summary["errors"] == {"503": 1} and summary["throughput_rps"] == 4.5
+    assert (summary["p50_ms"], summary["p99_ms"]) == (500, 900)  # the 5 s failure is not a latency
+    assert _percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0 and _percentile([1.0], 99) == 1.0
+
+
+def test_steady_rate_leaves_out_the_ramp_up_and_the_drain():
+    # 8 clients: answers come in fours every 0.5 s from t=1 s, except a slow start and a long drain at the end
+    ends = [0.9] * 4 + [1.0 + 0.5 * k for k in range(1, 11) for _ in range(4)] + [9.0] * 4
+    results = [Result(i, 0, 0.0, end, 200) for i, end in enumerate(ends)]
+    assert steady_rate(results, 8) == 8.0  # 4 answers per 0.5 s, from the 8th answer (1.5 s) to the 8th-last (6 s)
+    assert steady_rate(results[:20], 8) is None  # too few answers to have a steady part
+
+
+def test_variants_parse_from_the_shipped_settings():
+    shipped = Variant(2, 1, 4, 50, "openvino_bf16")
+    assert Variant.parse("shipped", shipped) == shipped
+    assert Variant.parse("1x2:b8", shipped) == Variant(1, 2, 8, 50, "openvino_bf16")
+    assert Variant.parse("2x1:b1:d0:eager_bf16", shipped) == Variant(2, 1, 1, 0, "eager_bf16")
+
+
+def test_fitting_the_readout_spreads_scores_over_all_three_severity_bands(tiny_checkpoint):
+    predictor = Predictor(tiny_checkpoint)
+    bodies = [request_for(SUBSETS[i % len(SUBSETS)], seed=700 + i) for i in range(32)]
+    labels = [0.05 + 0.9 * i / 31 for i in range(32)]
+    before = _scores(predictor, bodies)
+    fit = fit_readout(predictor, bodies, labels)
+    after = _scores(predictor, bodies)
+    assert max(before) - min(before) < 0.1  # a random head: every score in one narrow range
+    assert {severity_label(s) for s in after} == {"Mild", "Moderate", "Severe"}
+    assert fit["fit_corr"] > 0.5 and fit["score_range_after"] == [round(min(after), 4), round(max(after), 4)]
+
+
+def _results(ratios: list[float], flips: int = 0, max_diff: float = 0.002) -> dict:
+    rounds = [{"offline": {"throughput_rps": 10.0, "model_compute_rps": 12.0, "model_ms_per_request_per_worker": 160},
+               "served": {}, "ratio": r} for r in ratios]
+    return {"served": [{"variant": "2x1 b4 d50 openvino_bf16", "rounds": rounds, "c8": {"throughput_rps": 8.8}}],
+            "baseline": {"throughput_rps": 2.0}, "limits": {"bf16_gemm_gflops": 1600.0},
+            "accuracy": {"trained": {"lesions": 100, "openvino_bf16": {"max_abs_score_diff": max_diff,
+                                                                       "severity_agreement": 1 - flips / 100}},
+                         "benchmark_checkpoint": {"lesions": 100, "openvino_bf16": {"max_abs_score_diff": 0.02,
+                                                                                    "severity_agreement": 0.9}}}}
+
+
+def test_summary_fails_accuracy_without_a_trained_checkpoint():
+    results = _results([0.9, 0.9, 0.9])
+    results["accuracy"]["trained"] = {"skipped": "runs/demo/best_model.pth does not exist"}
+    assert not summarize(results)["checks"]["accuracy"]
+
+
+def test_summary_takes_the_median_round_and_checks_every_target():
+    summary = summarize(_results([0.80, 0.88, 0.90]))
+    assert summary["served_over_offline"] == 0.88 and summary["checks"]["served >= 85% of offline"]
+    assert summary["served_over_baseline"] == 4.4 and summary["checks"]["served >= 3x baseline"]
+    assert summary["model_pct_of_reference_limit"] == pytest.approx(100 * 12 * 26.9 / 410, abs=0.1)
+    assert summary["checks"]["accuracy"]
+
+
+@pytest.mark.parametrize("ratios, flips, max_diff, failed", [
+    ([0.80, 0.84, 0.90], 0, 0.002, "served >= 85% of offline"),
+    ([0.90, 0.90, 0.90], 2, 0.002, "accuracy"),
+    ([0.90, 0.90, 0.90], 0, 0.011, "accuracy"),
+])
+def test_summary_fails_a_target_that_is_missed(ratios, flips, max_diff, failed):
+    checks = summarize(_results(ratios, flips, max_diff))["checks"]
+    assert not checks[failed] and all(ok for name, ok in checks.items() if name != failed)
