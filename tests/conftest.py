@@ -51,6 +51,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "tiny.pth")
 
 
+SERVED_BATCH_SIZE = 8
+"""batchSize of the shared server, pinned so that tests can send 4 bad + 4 good requests into one batch whatever
+the shipped (throughput-tuned) batchSize is."""
 SERVED_BATCH_DELAY_MS = 300
 """maxBatchDelay of the shared server: long enough that requests sent together (a barrier) share a batch, short
 enough that a lone request is answered in well under a second."""
@@ -62,7 +65,8 @@ def served(tiny_checkpoint, tmp_path_factory):
 
     Shared by tests/test_serving.py and tests/test_serving_reliability.py. Tests that change the worker count
     put it back to 1 before they return. The shipped model-config.yaml is used except for what these tests need:
-    one worker (so that requests sent together share its batches) and the exact ``eager_fp32`` backend (answers are
+    one worker with batches of ``SERVED_BATCH_SIZE`` (so that requests sent together share its batches) and the
+    exact ``eager_fp32`` backend (answers are
     compared with offline answers to 1e-4; the accelerated backends are held to their tolerance in
     tests/test_accelerate.py).
     """
@@ -71,6 +75,6 @@ def served(tiny_checkpoint, tmp_path_factory):
     if not java_available():
         pytest.skip("TorchServe needs Java 17 (scripts/ensure_java.sh)")
     with served_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("torchserve"),
-                           maxBatchDelay=SERVED_BATCH_DELAY_MS, minWorkers=1,
+                           batchSize=SERVED_BATCH_SIZE, maxBatchDelay=SERVED_BATCH_DELAY_MS, minWorkers=1,
                            handler=shipped_handler_options(backend="eager_fp32")) as server:
         yield server

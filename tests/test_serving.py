@@ -20,7 +20,7 @@ import requests
 
 from handler.predictor import Predictor
 from model.checkpoint import load_for_inference
-from tests.conftest import SERVED_BATCH_DELAY_MS
+from tests.conftest import SERVED_BATCH_DELAY_MS, SERVED_BATCH_SIZE
 from tests.images import SUBSETS, image_bytes, request_for, write_request
 from tests.torchserve_harness import java_available, served_checkpoint, shipped_handler_options
 from training.infer_single import predict_files
@@ -110,7 +110,8 @@ def test_sixteen_concurrent_mixed_requests_each_equal_their_single_answer(server
     for response, single in zip(together, singles):
         assert_same_answer(response.json(), single)
     sizes = [size for size, _, _ in batch_log_lines(server)[before:]]
-    assert max(sizes) > 1 and max(sizes) <= 8, f"expected batching under batchSize 8, got batch sizes {sizes}"
+    assert 1 < max(sizes) <= SERVED_BATCH_SIZE, \
+        f"expected batching under batchSize {SERVED_BATCH_SIZE}, got batch sizes {sizes}"
 
 
 def test_bad_requests_get_their_own_4xx_naming_the_field_while_the_batch_succeeds(server, offline):

@@ -21,10 +21,11 @@ import requests
 from handler.predictor import MULTIPART_SLACK_PER_PART, Failure, Predictor, repeated_part_failure
 from scripts.loadgen import Body
 from tests.bad_inputs import CASES, GOOD, Case
+from tests.conftest import SERVED_BATCH_SIZE
 from tests.images import SUBSETS, image_bytes, request_for
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCH = 8  # serve_config/model-config.yaml batchSize: 4 corpus cases + 4 good requests fill one batch
+BATCH = SERVED_BATCH_SIZE  # the shared server's batchSize: 4 corpus cases + 4 good requests fill one batch
 
 
 @pytest.fixture(scope="module")
