@@ -31,6 +31,7 @@ soak: setup
 	$(PY) -m pytest -q -s -m soak tests/soak --no-header -p no:cacheprovider --basetemp=runs/soak
 
 benchmark: setup
+	bash scripts/quickstart.sh --model-only
 	$(PY) scripts/benchmark.py
 
 test-kserve: setup

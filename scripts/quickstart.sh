@@ -3,6 +3,7 @@
 # Every step is skipped when its output already exists, so a second run only (re)starts what is missing.
 #   PIGMENT_DEMO_N       lesions to generate (default 600)
 #   PIGMENT_DEMO_CONFIG  training config (default training/configs/demo.yaml)
+#   --model-only         stop once the demo model is trained (make benchmark checks its accuracy)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -33,6 +34,7 @@ if [[ ! -f $RUN/.complete ]]; then
 else
     step "reusing the trained model $RUN/best_model.pth"
 fi
+[[ ${1:-} == --model-only ]] && exit 0
 
 rebuilt=0
 if [[ ! -f $STORE/pigment.mar || $RUN/best_model.pth -nt $STORE/pigment.mar ]]; then
