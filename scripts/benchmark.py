@@ -1,6 +1,7 @@
 """One command that measures pigment's serving against the design and against its own offline predictor.
 
-    .venv/bin/python scripts/benchmark.py            # ~12-15 min on 2 cores; writes docs/performance.{md,json,png}
+    make benchmark                                   # trains the demo model if missing, then the benchmark
+    .venv/bin/python scripts/benchmark.py            # ~18 min on 2 cores; writes docs/performance.{md,json,png}
 
 In one invocation, on loopback only:
 
@@ -119,10 +120,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests-c1", type=int, default=24, help="requests per concurrency-1 run")
     p.add_argument("--baseline-requests", type=int, default=24, help="requests sent to the baseline")
     p.add_argument("--duration", type=float, default=60.0, help="cap in seconds on each load run")
-    p.add_argument("--rounds", type=int, default=9, help="alternating offline/served rounds for the ratio")
+    p.add_argument("--rounds", type=int, default=15, help="alternating offline/served rounds for the ratio")
     p.add_argument("--round-requests", type=int, default=48, help="requests per offline and per served round")
-    p.add_argument("--warmup-requests", type=int, default=600, help="requests that warm each server up ...")
-    p.add_argument("--warmup-seconds", type=float, default=45.0, help="... or this long, whichever ends first")
+    p.add_argument("--warmup-requests", type=int, default=900, help="requests that warm each server up ...")
+    p.add_argument("--warmup-seconds", type=float, default=60.0, help="... or this long, whichever ends first")
     p.add_argument("--variants", default="shipped,2x1:b8:d50,1x2:b8:d50,2x1:b1:d0",
                    help="TorchServe settings to run, comma-separated WORKERSxTHREADS:bBATCH:dDELAY[:BACKEND]; "
                         "'shipped' (and any part left out) is serve_config/model-config.yaml. The first is the one "

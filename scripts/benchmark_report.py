@@ -150,6 +150,14 @@ def cpu_table(r: dict[str, Any]) -> list[str]:
     per_request = statistics.median(cores * 1000 / o["throughput_rps"] for o in offline)
     lines.append(f"| offline predictor, {r['offline']['variant']} | {per_request:.1f} (all of it) | | | | | | | | "
                  f"{per_request:.1f} |")
+    cpu = r["served"][0]["c8"]["cpu_ms_per_request"]
+    workers = sum(ms for k, ms in cpu.items() if k.startswith("worker_"))
+    overhead = sum(ms for k, ms in cpu.items() if not k.startswith("worker_"))
+    lines += ["", f"In CPU terms the served path of {r['served'][0]['variant']} spends {overhead:.1f} ms per request "
+              f"outside the workers (frontend, load generator, metrics collector and idle) next to {workers:.1f} ms "
+              "in them: "
+              f"{100 * workers / (workers + overhead):.0f} % of the machine goes to the work the offline predictor "
+              "does, whatever the machine's speed at the moment."]
     return lines
 
 
@@ -233,7 +241,8 @@ def plot(r: dict[str, Any], path: Path) -> None:
     ax2.legend(fontsize=8)
     for ax in (ax1, ax2):
         ax.set_xticks(x, names, fontsize=7, rotation=30, ha="right")
-    fig.suptitle("pigment serving on this machine (docs/performance.md)")
+    fig.suptitle("pigment serving on this machine (docs/performance.md); variants ran minutes apart on a machine "
+                 "whose speed drifts, so compare them by CPU per request (the table)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
