@@ -13,7 +13,7 @@ import pytest
 
 from handler.predictor import Predictor
 from model.severity import severity_label
-from scripts.benchmark import Variant, _percentile, _scores, fit_readout, load_summary, paired_rounds, steady_rate
+from scripts.benchmark import Variant, _scores, fit_readout, load_summary, paired_rounds, steady_rate
 from scripts.benchmark_report import summarize
 from scripts.cpu_meter import CpuMeter, jvm_thread_cpu, jvm_thread_kind
 from scripts.loadgen import Result
@@ -77,7 +77,6 @@ def test_load_summary_counts_only_answered_requests_and_names_errors():
     summary = load_summary(results, wall=2.0, concurrency=1)
     assert summary["ok"] == 9 and summary["errors"] == {"503": 1} and summary["throughput_rps"] == 4.5
     assert (summary["p50_ms"], summary["p99_ms"]) == (500, 900)  # the 5 s failure is not a latency
-    assert _percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0 and _percentile([1.0], 99) == 1.0
 
 
 def test_steady_rate_leaves_out_the_ramp_up_and_the_drain():
