@@ -249,8 +249,11 @@ def make_checkpoint(path: Path, fit_dir: Path, fit_lesions: int) -> Path:
     torch.manual_seed(0)
     model = FusionModel(model_cfg, data_cfg.image_size, pretrained=False).eval()
     provenance = {"model_version": "benchmark-random", "data_hash": "none"}
-    save_checkpoint(build_checkpoint(model, model_cfg, data_cfg, SeverityConfig(), provenance), path)
-    predictor = Predictor(path, PredictorOptions())
+    # The random model goes to a side file: ``path`` only ever holds the fitted one, so a run interrupted while
+    # fitting is never mistaken for a finished checkpoint by the next run.
+    random_path = save_checkpoint(build_checkpoint(model, model_cfg, data_cfg, SeverityConfig(), provenance),
+                                  path.with_name(f"{path.stem}.random{path.suffix}"))
+    predictor = Predictor(random_path, PredictorOptions())
     bodies, labels = synthetic_lesions(fit_dir, fit_lesions, FIT_SEED)
     fit = fit_readout(predictor, bodies, labels)
     provenance = {"model_version": "benchmark-random-fitted-readout", "data_hash": "none",

@@ -157,7 +157,7 @@ def cpu_table(r: dict[str, Any]) -> list[str]:
               f"outside the workers (frontend, load generator, metrics collector and idle) next to {workers:.1f} ms "
               "in them: "
               f"{100 * workers / (workers + overhead):.0f} % of the machine goes to the work the offline predictor "
-              "does, whatever the machine's speed at the moment."]
+              "does (a share that depends much less on the machine's speed at the moment than a rate does)."]
     return lines
 
 
