@@ -27,6 +27,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+GRPC_CONTENT_TYPE = "application/grpc"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,14 @@ class Body:
             chunks += [data, b"\r\n"]
         chunks.append(f"--{boundary}--\r\n".encode())
         return cls(b"".join(chunks), f"multipart/form-data; boundary={boundary}")
+
+    @classmethod
+    def grpc(cls, model_name: str, parts: Sequence[tuple[str, bytes]]) -> Body:
+        """The same fields as one serialized gRPC ``PredictionsRequest`` (scripts/grpc_client.py), for a
+        ``grpc://127.0.0.1:PORT`` target."""
+        from scripts.grpc_client import encode_request
+
+        return cls(encode_request(model_name, dict(parts)), GRPC_CONTENT_TYPE)
 
 
 @dataclass
@@ -78,6 +87,10 @@ def run_load(url: str, bodies: Sequence[Body], total: int, concurrency: int, max
              on_result: Callable[[Result], None] | None = None) -> list[Result]:
     """Send ``total`` requests (body ``pick(seq)``, default ``seq % len(bodies)``) from ``concurrency`` threads.
 
+    ``url`` is a REST predictions URL (``http://127.0.0.1:8080/predictions/pigment``, multipart bodies) or a gRPC
+    inference server (``grpc://127.0.0.1:7070``, :meth:`Body.grpc` bodies; a gRPC error is recorded with the HTTP
+    status TorchServe maps it to).
+
     Stops early after ``max_seconds`` or when ``stop`` is set; requests not sent are simply absent from the
     result. ``headers`` may be a callable so that a key refreshed mid-run is picked up. ``on_result`` is called
     with each result as it arrives, one call at a time (a progress bar).
@@ -99,25 +112,22 @@ def run_load(url: str, bodies: Sequence[Body], total: int, concurrency: int, max
             return next(counter, None)
 
     def worker() -> None:
-        session = requests.Session()
+        send = _grpc_sender(url, timeout) if url.startswith("grpc://") else _http_sender(url, timeout)
         local: list[Result] = []
-        while (seq := next_seq()) is not None:
-            body = bodies[pick(seq)]
-            extra = headers() if callable(headers) else dict(headers or {})
-            start = time.monotonic()
-            try:
-                response = session.post(url, data=body.data, timeout=timeout,
-                                        headers={**extra, "Content-Type": body.content_type})
-                status, text, error = response.status_code, response.text, ""
-            except requests.RequestException as exc:
-                status, text, error = 0, "", f"{type(exc).__name__}: {exc}"
-            local.append(Result(seq, pick(seq), start, time.monotonic(), status, _json(text), error))
-            if on_result is not None:
-                with lock:
-                    on_result(local[-1])
-        session.close()
-        with lock:
-            results.extend(local)
+        try:
+            while (seq := next_seq()) is not None:
+                body = bodies[pick(seq)]
+                extra = headers() if callable(headers) else dict(headers or {})
+                start = time.monotonic()
+                status, text, error = send(body, extra)
+                local.append(Result(seq, pick(seq), start, time.monotonic(), status, _json(text), error))
+                if on_result is not None:
+                    with lock:
+                        on_result(local[-1])
+        finally:
+            send.close()
+            with lock:
+                results.extend(local)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for thread in threads:
@@ -125,6 +135,43 @@ def run_load(url: str, bodies: Sequence[Body], total: int, concurrency: int, max
     for thread in threads:
         thread.join(max_seconds + timeout + 10)
     return sorted(results, key=lambda r: r.seq)
+
+
+class _http_sender:
+    """POSTs bodies over one keep-alive connection: (status, text, error)."""
+
+    def __init__(self, url: str, timeout: float):
+        self.url, self.timeout, self.session = url, timeout, requests.Session()
+
+    def __call__(self, body: Body, headers: dict[str, str]) -> tuple[int, str, str]:
+        try:
+            response = self.session.post(self.url, data=body.data, timeout=self.timeout,
+                                         headers={**headers, "Content-Type": body.content_type})
+        except requests.RequestException as exc:
+            return 0, "", f"{type(exc).__name__}: {exc}"
+        return response.status_code, response.text, ""
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class _grpc_sender:
+    """Sends :meth:`Body.grpc` bodies over one gRPC channel, the key taken from the Authorization header."""
+
+    def __init__(self, url: str, timeout: float):
+        from scripts.grpc_client import GrpcClient
+
+        self.timeout, self.client = timeout, GrpcClient(urlparse(url).netloc)
+
+    def __call__(self, body: Body, headers: dict[str, str]) -> tuple[int, str, str]:
+        if body.content_type != GRPC_CONTENT_TYPE:
+            raise ValueError(f"a grpc:// target needs Body.grpc bodies, got {body.content_type!r}")
+        key = headers.get("Authorization", "").removeprefix("Bearer ")
+        status, answer, error = self.client.predict(body.data, key, self.timeout)
+        return status, answer.decode(errors="replace"), error
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def _json(text: str) -> dict | None:
@@ -170,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000, help="at most this many requests (default 1000)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-seconds", type=float, default=300.0, help="and at most this long (default 300)")
+    parser.add_argument("--grpc", action="store_true", help="send over TorchServe's gRPC inference API")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from scripts.local_torchserve import LocalTorchServe
@@ -177,8 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     server = LocalTorchServe.from_run_dir(args.run_dir)
     parts = [(f"{m}_image", path.read_bytes()) for m in ("clinical", "dermoscopy", "multispectral")
              if (path := getattr(args, m)) is not None]
-    results = run_load(f"{server.inference_url}/predictions/{server.model_name}", [Body.multipart(parts)],
-                       args.requests, args.concurrency, args.max_seconds, headers=server.auth("inference"))
+    if args.grpc:
+        url, body = f"grpc://127.0.0.1:{server.ports.grpc_inference}", Body.grpc(server.model_name, parts)
+    else:
+        url, body = f"{server.inference_url}/predictions/{server.model_name}", Body.multipart(parts)
+    results = run_load(url, [body], args.requests, args.concurrency, args.max_seconds,
+                       headers=server.auth("inference"))
     print(json.dumps(summarize(results), indent=2))
     return 0 if all(200 <= r.status < 300 for r in results) else 1
 

@@ -20,6 +20,7 @@ import requests
 
 from handler.predictor import Predictor
 from model.checkpoint import load_for_inference
+from scripts.grpc_client import GrpcClient, encode_request
 from tests.conftest import SERVED_BATCH_DELAY_MS, SERVED_BATCH_SIZE
 from tests.images import SUBSETS, image_bytes, request_for, write_request
 from tests.torchserve_harness import java_available, served_checkpoint, shipped_handler_options
@@ -98,6 +99,66 @@ def test_a_json_body_of_base64_images_equals_multipart(server):
                             timeout=60)
     assert as_json.status_code == 200, as_json.text
     assert as_json.json() == post(server, request).json()
+
+
+def grpc_predict(server, request: dict[str, bytes], key: str | None = None,
+                 model: str = "pigment") -> tuple[int, dict | None, str]:
+    with GrpcClient(f"127.0.0.1:{server.ports.grpc_inference}") as client:
+        status, answer, error = client.predict(encode_request(model, request),
+                                               server.key("inference") if key is None else key)
+    return status, json.loads(answer) if answer else None, error
+
+
+@pytest.mark.parametrize("subset", [SUBSETS[0], SUBSETS[3]], ids="+".join)
+def test_grpc_answers_equal_the_rest_answers(server, subset):
+    request = request_for(subset, seed=21)
+    status, answer, error = grpc_predict(server, request)
+    assert (status, error) == (200, "")
+    assert answer == post(server, request).json()
+
+
+def test_grpc_bad_requests_get_their_status_and_field_while_the_batch_succeeds(server, offline):
+    good = [request_for(SUBSETS[i], seed=330 + i) for i in range(2)]
+    bad = [({"dermoscopy_image": image_bytes(4)}, 400, "clinical_image"),
+           ({"clinical_image": b"this is a text file, not a photo"}, 415, "clinical_image")]
+    batch = [good[0], bad[0][0], bad[1][0], good[1]]
+    barrier = threading.Barrier(len(batch))
+
+    def send(request):
+        barrier.wait()
+        return grpc_predict(server, request)
+
+    before = len(batch_log_lines(server))
+    with ThreadPoolExecutor(len(batch)) as pool:
+        answers = list(pool.map(send, batch))
+    for (status, answer, _), request in zip([answers[0], answers[3]], good):
+        assert status == 200
+        assert_same_answer(answer, offline.predict([request])[0])
+    for (status, answer, _), (_, expected, field) in zip(answers[1:3], bad):
+        assert status == expected and answer["status"] == expected and answer["field"] == field
+    assert any(ok and rejected for _, ok, rejected in batch_log_lines(server)[before:]), \
+        "the good and the bad gRPC requests should have shared a batch"
+
+
+def test_the_load_generator_sends_grpc_and_multipart_alike(server):
+    from scripts.loadgen import Body, run_load
+
+    requests_ = [list(request_for(SUBSETS[i], seed=40 + i).items()) for i in range(3)]
+    runs = {}
+    for url, encode in ((f"grpc://127.0.0.1:{server.ports.grpc_inference}", lambda p: Body.grpc("pigment", p)),
+                        (f"{server.inference_url}/predictions/pigment", Body.multipart)):
+        results = run_load(url, [encode(p) for p in requests_], 6, 3, 60, headers=server.auth())
+        assert [r.status for r in results] == [200] * 6, [r.error for r in results]
+        runs[url.split(":")[0]] = [r.answer for r in results]
+    assert runs["grpc"] == runs["http"]
+
+
+def test_grpc_refuses_a_wrong_key_and_an_unknown_model(server):
+    request = request_for(SUBSETS[0], seed=22)
+    status, answer, error = grpc_predict(server, request, key="wrong-token")
+    assert (status, answer) == (403, None) and error.startswith("PERMISSION_DENIED")
+    status, answer, error = grpc_predict(server, request, model="no-such-model")
+    assert status >= 400 and answer is None and "no-such-model" in error
 
 
 def test_sixteen_concurrent_mixed_requests_each_equal_their_single_answer(server):
@@ -191,7 +252,7 @@ def test_the_client_script_prints_the_answer(server, tmp_path, offline):
     for name, data in request.items():
         paths[name] = tmp_path / f"{name}.png"
         paths[name].write_bytes(data)
-    for extra in ([], ["--json"]):
+    for extra in ([], ["--json"], ["--grpc"]):
         result = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "client.py"), "--clinical", str(paths["clinical_image"]),
              "--dermoscopy", str(paths["dermoscopy_image"]), "--run-dir", str(server.run_dir), *extra],
