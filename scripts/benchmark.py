@@ -22,9 +22,10 @@ In one invocation, on loopback only:
    hundred requests), then concurrency 1 and 8 with throughput, p50/p90/p99, errors, worker RSS, TorchServe's own
    metrics and the CPU time per answered request of every process (scripts/cpu_meter.py).
 
-The served/offline ratio comes from ``--rounds`` alternating rounds of the offline predictor and the first
-variant at concurrency 8: this machine's speed drifts by tens of percent within minutes, so each round compares
-two runs seconds apart and the median round is reported (every round is in the JSON).
+The served/offline ratios come from ``--rounds`` rounds of the offline predictor and the first variant at
+concurrency 8, over REST (multipart) and over TorchServe's gRPC inference API (the same requests; ``--no-grpc``
+leaves it out), in an order that rotates every round: this machine's speed drifts by tens of percent within
+minutes, so each round compares runs seconds apart and the median round is reported (every round is in the JSON).
 
 Every load run stops after its request count or ``--duration`` seconds, whichever comes first.
 """
@@ -127,6 +128,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="TorchServe settings to run, comma-separated WORKERSxTHREADS:bBATCH:dDELAY[:BACKEND]; "
                         "'shipped' (and any part left out) is serve_config/model-config.yaml. The first is the one "
                         "the ratios use")
+    p.add_argument("--no-grpc", dest="grpc", action="store_false",
+                   help="leave out the gRPC arm of the paired rounds (TorchServe's gRPC inference API, same requests)")
     p.add_argument("--fit-lesions", type=int, default=64, help="synthetic lesions the readout is fitted on")
     p.add_argument("--accuracy-checkpoint", type=Path, default=ROOT / "runs" / "demo" / "best_model.pth",
                    help="a trained checkpoint whose fast paths are held to the tolerance (make benchmark trains the "
@@ -591,7 +594,9 @@ def write_model_config(variant: Variant, path: Path) -> Path:
 def run_torchserve(checkpoint: Path, bodies: list[dict[str, bytes]], variant: Variant, args: argparse.Namespace,
                    offline: OfflinePool | None = None) -> dict[str, Any]:
     """Build the archive for ``variant``, start TorchServe, time the first answer, warm up, load at concurrency 1
-    and 8. With ``offline``, the concurrency-8 load is ``args.rounds`` rounds, each right after an offline round."""
+    and 8. With ``offline``, the concurrency-8 load is ``args.rounds`` rounds next to offline runs
+    (:func:`paired_rounds`), and with ``args.grpc`` the same requests also go over TorchServe's gRPC inference API
+    (its own warm-up, concurrency 1, and a load in every round)."""
     slug = variant.name.replace(" ", "_")
     run_dir, store = args.work_dir / "ts" / slug, args.work_dir / "ts" / slug / "model_store"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -617,38 +622,57 @@ def run_torchserve(checkpoint: Path, bodies: list[dict[str, bytes]], variant: Va
         warm = load(url, multipart, args.warmup_requests, 8, args.warmup_seconds, headers, f"{variant.name} warm-up")
         warmup = {"requests": len(warm), "seconds": round(time.perf_counter() - warm_start, 1)}
         c1, _ = measured_load(url, multipart, args.requests_c1, 1, args.duration, headers, meter, f"{variant.name} c1")
+        grpc: dict[str, Any] = {}
         if offline is None:
             c8, _ = measured_load(url, multipart, args.requests, 8, args.duration, headers, meter, f"{variant.name} c8")
             rounds = []
         else:
-            rounds, pooled = paired_rounds(offline, lambda desc: measured_load(
-                url, multipart, args.round_requests, 8, args.duration, headers, meter, f"{variant.name} c8 {desc}"),
-                args.rounds, args.round_requests)
-            c8 = _combine_rounds([r["served"] for r in rounds], pooled)
+            loads = {"rest": lambda desc: measured_load(url, multipart, args.round_requests, 8, args.duration,
+                                                        headers, meter, f"{variant.name} c8 {desc}")}
+            if args.grpc:
+                grpc_url = f"grpc://127.0.0.1:{server.ports.grpc_inference}"
+                grpc_bodies = [Body.grpc(server.model_name, list(body.items())) for body in bodies]
+                load(grpc_url, grpc_bodies, args.warmup_requests, 8, args.warmup_seconds, headers,
+                     f"{variant.name} gRPC warm-up")
+                grpc["c1"], _ = measured_load(grpc_url, grpc_bodies, args.requests_c1, 1, args.duration, headers,
+                                              meter, f"{variant.name} gRPC c1")
+                loads["grpc"] = lambda desc: measured_load(grpc_url, grpc_bodies, args.round_requests, 8,
+                                                           args.duration, headers, meter, f"{variant.name} c8 {desc}")
+            rounds, pooled = paired_rounds(offline, loads, args.rounds, args.round_requests)
+            c8 = _combine_rounds([r["rest"] for r in rounds], pooled["rest"])
+            if "grpc" in pooled:
+                grpc["c8"] = _combine_rounds([r["grpc"] for r in rounds], pooled["grpc"])
         rss = [round(p.memory_info().rss / 2**20) for p in workers]
         metrics = server_metrics(server)
     finally:
         server.stop()
     return {"variant": variant.name, **asdict(variant), "start_to_first_answer_s": round(first_answer_s, 1),
-            "warmup": warmup, "c1": c1, "c8": c8, "rounds": rounds, "worker_rss_mib": rss, "server_metrics": metrics}
+            "warmup": warmup, "c1": c1, "c8": c8, "grpc": grpc, "rounds": rounds, "worker_rss_mib": rss,
+            "server_metrics": metrics}
 
 
-def paired_rounds(offline: OfflinePool, served_load, rounds: int,
-                  count: int) -> tuple[list[dict[str, Any]], list[Result]]:
-    """``rounds`` pairs of an offline run and a served load of ``count`` requests each, seconds apart; the order
-    alternates (offline first in odd rounds) so that a drift in the machine's speed favours neither side. The
-    served side counts its steady rate (:func:`steady_rate`), the offline side all its requests over its wall."""
-    out, pooled = [], []
+def paired_rounds(offline: OfflinePool, served_loads: dict[str, Any], rounds: int,
+                  count: int) -> tuple[list[dict[str, Any]], dict[str, list[Result]]]:
+    """``rounds`` rounds of an offline run and one served load of ``count`` requests per entry of ``served_loads``
+    (``"rest"``, ``"grpc"``: a function of a description -> (summary, results)), seconds apart. The order rotates
+    by one place every round (with one served load: offline first in odd rounds), so that a drift in the
+    machine's speed favours no side. A served load counts its steady rate (:func:`steady_rate`), the offline run
+    all its requests over its wall. Each round holds ``offline``, every load's summary under its name and
+    ``<name>_ratio``, served / offline."""
+    arms = ["offline", *served_loads]
+    out, pooled = [], {name: [] for name in served_loads}
     for r in range(rounds):
-        if r % 2 == 0:
-            offline_run = offline.run(count)
-            served, results = served_load(f"round {r + 1}")
-        else:
-            served, results = served_load(f"round {r + 1}")
-            offline_run = offline.run(count)
-        rate = served.get("steady_rps") or served["throughput_rps"]
-        out.append({"offline": offline_run, "served": served, "ratio": round(rate / offline_run["throughput_rps"], 3)})
-        pooled += results
+        row: dict[str, Any] = {}
+        for arm in arms[r % len(arms):] + arms[:r % len(arms)]:
+            if arm == "offline":
+                row["offline"] = offline.run(count)
+                continue
+            row[arm], results = served_loads[arm](f"{arm} round {r + 1}")
+            pooled[arm] += results
+        for arm in served_loads:
+            rate = row[arm].get("steady_rps") or row[arm]["throughput_rps"]
+            row[f"{arm}_ratio"] = round(rate / row["offline"]["throughput_rps"], 3)
+        out.append(row)
     return out, pooled
 
 

@@ -16,7 +16,8 @@ REFERENCE_BF16_GFLOPS = 410.0
 GFLOP_PER_REQUEST = 26.9  # three Swin-T forwards at 224 px, 8.98 GFLOP each
 TARGETS = {"served_over_baseline": 3.0, "model_pct_of_reference_limit": 70.0, "served_over_offline": 0.85,
            "max_abs_score_diff": 0.01, "severity_agreement": 0.99}
-CPU_COLUMNS = (("workers", "workers"), ("frontend_netty", "frontend: Netty"), ("frontend_jit", "frontend: JIT"),
+CPU_COLUMNS = (("workers", "workers"), ("frontend_netty", "frontend: Netty"), ("frontend_grpc", "frontend: gRPC"),
+               ("frontend_jit", "frontend: JIT"),
                ("frontend_gc", "frontend: GC"), ("frontend_other", "frontend: other"),
                ("metrics_collector", "metrics collector"), ("client", "load generator"), ("idle", "idle"))
 
@@ -28,7 +29,8 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
     offline_rps = statistics.median(x["offline"]["throughput_rps"] for x in rounds)
     compute_rps = statistics.median(x["offline"]["model_compute_rps"] for x in rounds)
     gflops = compute_rps * GFLOP_PER_REQUEST
-    ratio = statistics.median(x["ratio"] for x in rounds)
+    ratio = statistics.median(x["rest_ratio"] for x in rounds)
+    grpc = served.get("grpc", {}).get("c8")
     backends = _backends(r["accuracy"]["trained"])
     served_rps, baseline_rps = _rate(served["c8"]), _rate(baseline)
     summary = {
@@ -38,18 +40,24 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "offline_rps": round(offline_rps, 2),
         "served_over_baseline": round(served_rps / baseline_rps, 2),
         "served_over_offline": round(ratio, 3),
-        "served_over_offline_rounds": [x["ratio"] for x in rounds],
+        "served_over_offline_rounds": [x["rest_ratio"] for x in rounds],
         "model_compute_rps": round(compute_rps, 2),
         "model_gflops": round(gflops, 1),
         "model_pct_of_reference_limit": round(100 * gflops / REFERENCE_BF16_GFLOPS, 1),
         "model_pct_of_measured_bf16_gemm": round(100 * gflops / r["limits"]["bf16_gemm_gflops"], 1),
         "model_ms_per_request_all_cores": round(1000 / compute_rps, 1),
     }
+    if grpc:
+        summary.update(served_grpc_c8_rps=_rate(grpc),
+                       served_grpc_over_offline=round(statistics.median(x["grpc_ratio"] for x in rounds), 3),
+                       served_grpc_over_offline_rounds=[x["grpc_ratio"] for x in rounds])
     model_target = TARGETS["model_pct_of_reference_limit"]
     summary["checks"] = {
         "served >= 3x baseline": summary["served_over_baseline"] >= TARGETS["served_over_baseline"],
         "model >= 70% of bf16 limit": summary["model_pct_of_reference_limit"] >= model_target,
         "served >= 85% of offline": ratio >= TARGETS["served_over_offline"],
+        **({"served over gRPC >= 85% of offline": summary["served_grpc_over_offline"] >= TARGETS[
+            "served_over_offline"]} if grpc else {}),
         "accuracy": bool(backends) and all(v["max_abs_score_diff"] <= TARGETS["max_abs_score_diff"] and
                                            v["severity_agreement"] >= TARGETS["severity_agreement"]
                                            for v in backends.values()),
@@ -88,11 +96,15 @@ def markdown_tables(r: dict[str, Any]) -> str:
         f"{GFLOP_PER_REQUEST} GFLOP/request) | >= 70 % | {s['model_compute_rps']} req/s = {s['model_gflops']} "
         f"GFLOP/s = **{s['model_pct_of_reference_limit']} %** ({s['model_pct_of_measured_bf16_gemm']} % of this "
         f"machine's bf16 GEMM) | {_ok(checks['model >= 70% of bf16 limit'])} |",
-        f"| served (steady rate) / offline predictor (same settings, median of {len(served['rounds'])} paired rounds) "
-        "| >= 85 % | "
-        f"{s['served_c8_rps']} / {s['offline_rps']} req/s; rounds "
+        f"| served, REST multipart (steady rate) / offline predictor (same settings, median of "
+        f"{len(served['rounds'])} paired rounds) | >= 85 % | {s['served_c8_rps']} / {s['offline_rps']} req/s; rounds "
         + ", ".join(f"{100 * x:.0f} %" for x in s["served_over_offline_rounds"])
         + f" = **{100 * s['served_over_offline']:.0f} %** | {_ok(checks['served >= 85% of offline'])} |",
+        *([f"| served, gRPC (same requests, same rounds) / offline predictor | >= 85 % | {s['served_grpc_c8_rps']} / "
+           f"{s['offline_rps']} req/s; rounds " + ", ".join(f"{100 * x:.0f} %" for x in
+                                                          s["served_grpc_over_offline_rounds"])
+           + f" = **{100 * s['served_grpc_over_offline']:.0f} %** | "
+           f"{_ok(checks['served over gRPC >= 85% of offline'])} |"] if "served_grpc_over_offline" in s else []),
         f"| fast paths vs eager fp32 on the trained model ({acc['trained'].get('model_version', 'missing')}; max abs "
         "d score, severity agreement) | <= 0.01, >= 99 % | "
         + ("; ".join(f"{k}: {v['max_abs_score_diff']}, {100 * v['severity_agreement']:.1f} %"
@@ -124,13 +136,16 @@ def markdown_tables(r: dict[str, Any]) -> str:
 
 
 def rounds_table(served: dict[str, Any]) -> list[str]:
-    lines = [f"Paired rounds ({served['variant']}, {served['rounds'][0]['served']['requests']} requests each; "
-             "offline first in odd rounds, served first in even ones):", "",
-             "| round | offline req/s | model compute req/s | served c8 req/s (steady) | served / offline |",
-             "|---|---|---|---|---|"]
+    arms = [arm for arm in ("rest", "grpc") if f"{arm}_ratio" in served["rounds"][0]]
+    titles = {"rest": "REST", "grpc": "gRPC"}
+    lines = [f"Paired rounds ({served['variant']}, {served['rounds'][0]['rest']['requests']} requests each; the "
+             f"order of offline, {' and '.join(titles[a] for a in arms)} rotates by one every round):", "",
+             "| round | offline req/s | model compute req/s | "
+             + " | ".join(f"served c8 {titles[a]} req/s (steady) | {titles[a]} / offline" for a in arms) + " |",
+             "|---|---|---|" + "---|---|" * len(arms)]
     for i, x in enumerate(served["rounds"], 1):
         lines.append(f"| {i} | {x['offline']['throughput_rps']} | {x['offline']['model_compute_rps']} | "
-                     f"{_rate(x['served'])} | {100 * x['ratio']:.0f} % |")
+                     + " | ".join(f"{_rate(x[a])} | {100 * x[f'{a}_ratio']:.0f} %" for a in arms) + " |")
     return lines
 
 
@@ -141,24 +156,40 @@ def cpu_table(r: dict[str, Any]) -> list[str]:
              f"x wall time / requests = the total, so idle is CPU nobody used):", "",
              "| setting | " + " | ".join(title for _, title in CPU_COLUMNS) + " | total |",
              "|---|" + "---|" * (len(CPU_COLUMNS) + 1)]
-    for v in r["served"]:
-        cpu = dict(v["c8"]["cpu_ms_per_request"])
+    for name, _, run in _served_runs(r, "c8"):
+        cpu = dict(run["cpu_ms_per_request"])
         cpu["workers"] = round(sum(ms for k, ms in cpu.items() if k.startswith("worker_")), 1)
-        lines.append(f"| TorchServe {v['variant']} | " + " | ".join(str(cpu.get(k, "")) for k, _ in CPU_COLUMNS)
-                     + f" | {round(sum(cpu[k] for k, _ in CPU_COLUMNS), 1)} |")
+        lines.append(f"| {name} | " + " | ".join(str(cpu.get(k, "")) for k, _ in CPU_COLUMNS)
+                     + f" | {round(sum(cpu.get(k, 0.0) for k, _ in CPU_COLUMNS), 1)} |")
     offline = [x["offline"] for x in r["served"][0]["rounds"]]
     per_request = statistics.median(cores * 1000 / o["throughput_rps"] for o in offline)
-    lines.append(f"| offline predictor, {r['offline']['variant']} | {per_request:.1f} (all of it) | | | | | | | | "
-                 f"{per_request:.1f} |")
-    cpu = r["served"][0]["c8"]["cpu_ms_per_request"]
-    workers = sum(ms for k, ms in cpu.items() if k.startswith("worker_"))
-    overhead = sum(ms for k, ms in cpu.items() if not k.startswith("worker_"))
-    lines += ["", f"In CPU terms the served path of {r['served'][0]['variant']} spends {overhead:.1f} ms per request "
-              f"outside the workers (frontend, load generator, metrics collector and idle) next to {workers:.1f} ms "
-              "in them: "
-              f"{100 * workers / (workers + overhead):.0f} % of the machine goes to the work the offline predictor "
-              "does (a share that depends much less on the machine's speed at the moment than a rate does)."]
+    lines.append(f"| offline predictor, {r['offline']['variant']} | {per_request:.1f} (all of it) |"
+                 + " |" * (len(CPU_COLUMNS) - 1) + f" {per_request:.1f} |")
+    lines.append("")
+    first = r["served"][0]
+    for name, run in ((f"{first['variant']} over REST", first["c8"]),
+                      (f"{first['variant']} over gRPC", first.get("grpc", {}).get("c8"))):
+        if not run:
+            continue
+        cpu = run["cpu_ms_per_request"]
+        workers = sum(ms for k, ms in cpu.items() if k.startswith("worker_"))
+        overhead = sum(ms for k, ms in cpu.items() if not k.startswith("worker_"))
+        lines.append(f"In CPU terms the served path of {name} spends {overhead:.1f} ms per request outside the "
+                     f"workers (frontend, load generator, metrics collector and idle) next to {workers:.1f} ms in "
+                     f"them: {100 * workers / (workers + overhead):.0f} % of the machine goes to the workers' share "
+                     "(a share that depends much less on the machine's speed at the moment than a rate does).")
     return lines
+
+
+def _served_runs(r: dict[str, Any], concurrency: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+    """(row name, "c1"/"c8", load run) of every served setting, REST then gRPC, optionally one concurrency only."""
+    runs = []
+    for v in r["served"]:
+        for transport, c in (("", "c1"), ("", "c8"), (", gRPC", "c1"), (", gRPC", "c8")):
+            run = v.get("grpc", {}).get(c) if transport else v[c]
+            if run and concurrency in (None, c):
+                runs.append((f"TorchServe {v['variant']}{transport}", c, run))
+    return runs
 
 
 def settings_table(r: dict[str, Any]) -> list[str]:
@@ -170,16 +201,14 @@ def settings_table(r: dict[str, Any]) -> list[str]:
              f"{base['p50_ms']} | {base['p90_ms']} | {base['p99_ms']} | {_errors(base)} | | | {base['rss_mib']} |",
              f"| offline predictor, {off['variant']} (no HTTP; median round) | | | {r['summary']['offline_rps']} "
              f"| | | | | | | {', '.join(map(str, off['worker_rss_mib']))} |"]
-    for v in r["served"]:
-        for c in ("c1", "c8"):
-            run = v[c]
-            first = c == "c1"
-            lines.append(f"| TorchServe {v['variant']} | {c[1:]} | {run['steady_rps']} | {run['throughput_rps']} | "
-                         f"{run['p50_ms']} | "
-                         f"{run['p90_ms']} | {run['p99_ms']} | {_errors(run)} | "
-                         f"{v['start_to_first_answer_s'] if first else ''} | "
-                         f"{v['warmup']['requests'] if first else ''} | "
-                         f"{', '.join(map(str, v['worker_rss_mib'])) if first else ''} |")
+    variants = {f"TorchServe {v['variant']}": v for v in r["served"]}
+    for name, c, run in _served_runs(r):
+        v = variants.get(name)  # the REST row at concurrency 1 carries the server's own numbers
+        first = v is not None and c == "c1"
+        lines.append(f"| {name} | {c[1:]} | {run['steady_rps']} | {run['throughput_rps']} | {run['p50_ms']} | "
+                     f"{run['p90_ms']} | {run['p99_ms']} | {_errors(run)} | "
+                     f"{v['start_to_first_answer_s'] if first else ''} | {v['warmup']['requests'] if first else ''} | "
+                     f"{', '.join(map(str, v['worker_rss_mib'])) if first else ''} |")
     return lines
 
 
@@ -221,12 +250,11 @@ def plot(r: dict[str, Any], path: Path) -> None:
     rps = [_rate(r["baseline"]), r["summary"]["offline_rps"]]
     p50 = [r["baseline"]["p50_ms"], np.nan]
     p99 = [r["baseline"]["p99_ms"], np.nan]
-    for v in r["served"]:
-        for c in ("c1", "c8"):
-            names.append(f"TS {v['variant']}\n{c}")
-            rps.append(_rate(v[c]))
-            p50.append(v[c]["p50_ms"])
-            p99.append(v[c]["p99_ms"])
+    for name, c, run in _served_runs(r):
+        names.append(f"{name.replace('TorchServe', 'TS')}\n{c}")
+        rps.append(_rate(run))
+        p50.append(run["p50_ms"])
+        p99.append(run["p99_ms"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.8))
     x = np.arange(len(names))
     ax1.bar(x, rps, color=["grey", "tab:green"] + ["tab:blue"] * (len(names) - 2))

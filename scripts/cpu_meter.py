@@ -21,6 +21,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 JVM_THREAD_KINDS: tuple[tuple[str, str], ...] = (
     ("epollEventLoopG", "netty"),  # Netty event loops: HTTP parsing, multipart decoding, the workers' sockets
     ("nioEventLoopGro", "netty"),
+    ("grpc-default-", "grpc"),  # the gRPC server's event loop (-wo), boss (-bo) and executor (-ex): protobuf parsing
     ("C1 CompilerThre", "jit"),  # HotSpot's compilers: busy until the hot paths are compiled (a warm-up cost)
     ("C2 CompilerThre", "jit"),
     ("GC Thread", "gc"),
@@ -35,7 +36,7 @@ def jvm_thread_kind(name: str) -> str:
 
 def jvm_thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds (user + system) the live threads of process ``pid`` have used, summed by :func:`jvm_thread_kind`."""
-    totals = {kind: 0.0 for kind in ("netty", "jit", "gc", "other")}
+    totals = {kind: 0.0 for kind in ("netty", "grpc", "jit", "gc", "other")}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip()

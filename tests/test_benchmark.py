@@ -28,6 +28,7 @@ def _burn(seconds: float) -> None:
 
 def test_jvm_threads_are_classified_by_their_name_prefix():
     assert jvm_thread_kind("epollEventLoopG") == "netty"
+    assert jvm_thread_kind("grpc-default-wo") == jvm_thread_kind("grpc-default-ex") == "grpc"
     assert jvm_thread_kind("C2 CompilerThre") == jvm_thread_kind("C1 CompilerThre") == "jit"
     assert jvm_thread_kind("GC Thread#0") == jvm_thread_kind("G1 Conc#0") == "gc"
     assert jvm_thread_kind("W-9000-pigment_") == jvm_thread_kind("python") == "other"
@@ -50,12 +51,12 @@ def test_cpu_meter_reports_seconds_spent_per_process_since_a_sample():
     before = meter.sample()
     _burn(0.3)
     spent = meter.since(before)
-    assert set(spent) == {"frontend_netty", "frontend_jit", "frontend_gc", "frontend_other", "metrics_collector",
-                          "worker_0", "client"}
+    assert set(spent) == {"frontend_netty", "frontend_grpc", "frontend_jit", "frontend_gc", "frontend_other",
+                          "metrics_collector", "worker_0", "client"}
     assert spent["client"] >= 0.2 and spent["worker_0"] >= 0.2 and spent["frontend_other"] >= 0.2
 
 
-def test_paired_rounds_alternate_which_side_runs_first_and_divide_served_by_offline():
+def test_paired_rounds_rotate_which_side_runs_first_and_divide_served_by_offline():
     order = []
 
     class FakeOffline:
@@ -63,13 +64,21 @@ def test_paired_rounds_alternate_which_side_runs_first_and_divide_served_by_offl
             order.append("offline")
             return {"throughput_rps": 10.0, "requests": count}
 
-    def served(desc):
-        order.append("served")
-        return {"throughput_rps": 9.0, "requests": 4}, [Result(0, 0, 0.0, 1.0, 200)]
+    def served(name, rate):
+        def run(desc):
+            order.append(name)
+            return {"throughput_rps": rate, "requests": 4}, [Result(0, 0, 0.0, 1.0, 200)]
+        return run
 
-    rounds, pooled = paired_rounds(FakeOffline(), served, rounds=3, count=4)
-    assert order == ["offline", "served", "served", "offline", "offline", "served"]
-    assert [r["ratio"] for r in rounds] == [0.9, 0.9, 0.9] and len(pooled) == 3
+    rounds, pooled = paired_rounds(FakeOffline(), {"rest": served("rest", 9.0)}, rounds=3, count=4)
+    assert order == ["offline", "rest", "rest", "offline", "offline", "rest"]
+    assert [r["rest_ratio"] for r in rounds] == [0.9, 0.9, 0.9] and len(pooled["rest"]) == 3
+
+    order.clear()
+    rounds, pooled = paired_rounds(FakeOffline(), {"rest": served("rest", 8.0), "grpc": served("grpc", 9.5)},
+                                   rounds=3, count=4)
+    assert order == ["offline", "rest", "grpc", "rest", "grpc", "offline", "grpc", "offline", "rest"]
+    assert [(r["rest_ratio"], r["grpc_ratio"]) for r in rounds] == [(0.8, 0.95)] * 3
 
 
 def test_load_summary_counts_only_answered_requests_and_names_errors():
@@ -108,7 +117,7 @@ def test_fitting_the_readout_spreads_scores_over_all_three_severity_bands(tiny_c
 
 def _results(ratios: list[float], flips: int = 0, max_diff: float = 0.002) -> dict:
     rounds = [{"offline": {"throughput_rps": 10.0, "model_compute_rps": 12.0, "model_ms_per_request_per_worker": 160},
-               "served": {}, "ratio": r} for r in ratios]
+               "rest": {}, "rest_ratio": r} for r in ratios]
     return {"served": [{"variant": "2x1 b4 d50 openvino_bf16", "rounds": rounds, "c8": {"throughput_rps": 8.8}}],
             "baseline": {"throughput_rps": 2.0}, "limits": {"bf16_gemm_gflops": 1600.0},
             "accuracy": {"trained": {"lesions": 100, "openvino_bf16": {"max_abs_score_diff": max_diff,
@@ -129,6 +138,17 @@ def test_summary_takes_the_median_round_and_checks_every_target():
     assert summary["served_over_baseline"] == 4.4 and summary["checks"]["served >= 3x baseline"]
     assert summary["model_pct_of_reference_limit"] == pytest.approx(100 * 12 * 26.9 / 410, abs=0.1)
     assert summary["checks"]["accuracy"]
+
+
+def test_summary_checks_the_grpc_arm_on_its_own_rounds():
+    results = _results([0.80, 0.82, 0.84])
+    for row, ratio in zip(results["served"][0]["rounds"], [0.86, 0.90, 0.84]):
+        row["grpc_ratio"] = ratio
+    results["served"][0]["grpc"] = {"c8": {"throughput_rps": 8.0, "steady_rps": 8.6}}
+    summary = summarize(results)
+    assert summary["served_grpc_over_offline"] == 0.86 and summary["served_grpc_c8_rps"] == 8.6
+    assert summary["checks"]["served over gRPC >= 85% of offline"]
+    assert not summary["checks"]["served >= 85% of offline"]
 
 
 @pytest.mark.parametrize("ratios, flips, max_diff, failed", [
