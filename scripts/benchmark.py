@@ -306,7 +306,8 @@ def request_sizes(body: dict[str, bytes]) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "")
-    return {"cpu": model or platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
+    return {"measured_at": time.strftime("%Y-%m-%d %H:%M"),
+            "cpu": model or platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
             "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "torch": torch.__version__,
             "python": platform.python_version(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],

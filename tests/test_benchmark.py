@@ -56,6 +56,35 @@ def test_cpu_meter_reports_seconds_spent_per_process_since_a_sample():
     assert spent["client"] >= 0.2 and spent["worker_0"] >= 0.2 and spent["frontend_other"] >= 0.2
 
 
+def test_a_thread_that_ends_between_samples_keeps_its_earlier_cpu_out_and_its_later_cpu_in():
+    import os
+    import threading
+
+    started, go = threading.Event(), threading.Event()
+
+    def work():
+        _burn_thread(0.3)  # before the first sample: not part of the interval
+        started.set()
+        go.wait()
+        _burn_thread(0.2)  # inside the interval, then the thread ends
+
+    meter = CpuMeter(os.getpid(), [])
+    thread = threading.Thread(target=work)
+    thread.start()
+    started.wait()
+    before = meter.sample()
+    go.set()
+    thread.join()
+    spent = meter.since(before)
+    assert 0.15 <= spent["frontend_other"] <= 0.3, spent  # a live-thread sum would give about -0.1
+
+
+def _burn_thread(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
 def test_paired_rounds_rotate_which_side_runs_first_and_divide_served_by_offline():
     order = []
 
