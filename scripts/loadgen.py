@@ -112,7 +112,7 @@ def run_load(url: str, bodies: Sequence[Body], total: int, concurrency: int, max
             return next(counter, None)
 
     def worker() -> None:
-        send = _grpc_sender(url, timeout) if url.startswith("grpc://") else _http_sender(url, timeout)
+        send = _GrpcSender(url, timeout) if url.startswith("grpc://") else _HttpSender(url, timeout)
         local: list[Result] = []
         try:
             while (seq := next_seq()) is not None:
@@ -137,7 +137,7 @@ def run_load(url: str, bodies: Sequence[Body], total: int, concurrency: int, max
     return sorted(results, key=lambda r: r.seq)
 
 
-class _http_sender:
+class _HttpSender:
     """POSTs bodies over one keep-alive connection: (status, text, error)."""
 
     def __init__(self, url: str, timeout: float):
@@ -155,7 +155,7 @@ class _http_sender:
         self.session.close()
 
 
-class _grpc_sender:
+class _GrpcSender:
     """Sends :meth:`Body.grpc` bodies over one gRPC channel, the key taken from the Authorization header."""
 
     def __init__(self, url: str, timeout: float):
