@@ -1,7 +1,7 @@
 """One command that measures pigment's serving against the design and against its own offline predictor.
 
     make benchmark                                   # trains the demo model if missing, then the benchmark
-    .venv/bin/python scripts/benchmark.py            # ~18 min on 2 cores; writes docs/performance.{md,json,png}
+    .venv/bin/python scripts/benchmark.py            # ~21 min on 2 cores; writes docs/performance.{md,json,png}
 
 In one invocation, on loopback only:
 
@@ -120,7 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests-c1", type=int, default=24, help="requests per concurrency-1 run")
     p.add_argument("--baseline-requests", type=int, default=24, help="requests sent to the baseline")
     p.add_argument("--duration", type=float, default=60.0, help="cap in seconds on each load run")
-    p.add_argument("--rounds", type=int, default=15, help="alternating offline/served rounds for the ratio")
+    p.add_argument("--rounds", type=int, default=15, help="offline/REST/gRPC rounds for the ratios")
     p.add_argument("--round-requests", type=int, default=48, help="requests per offline and per served round")
     p.add_argument("--warmup-requests", type=int, default=900, help="requests that warm each server up ...")
     p.add_argument("--warmup-seconds", type=float, default=60.0, help="... or this long, whichever ends first")
@@ -365,11 +365,12 @@ def measure_accuracy(checkpoint: Path, out_dir: Path, lesions: int, backends: li
     """Each fast backend vs eager fp32 on a held-out synthetic set with its natural mix of modality subsets."""
     bodies, _ = synthetic_lesions(out_dir, lesions, HELDOUT_SEED)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    reference = _scores(Predictor(checkpoint, PredictorOptions()), bodies)
-    severity = load_for_inference(checkpoint).severity
+    reference_predictor = Predictor(checkpoint, PredictorOptions())
+    reference = _scores(reference_predictor, bodies)
+    severity, version = reference_predictor.loaded.severity, reference_predictor.loaded.version
     edges = (severity.mild_max, severity.moderate_max)
     result: dict[str, Any] = {
-        "checkpoint": str(checkpoint), "model_version": load_for_inference(checkpoint).version,
+        "checkpoint": str(checkpoint), "model_version": version,
         "lesions": len(bodies), "subsets": _subset_counts(bodies),
         "reference_score_range": [round(min(reference), 4), round(max(reference), 4)],
         "reference_bands": dict(Counter(severity_label(s, severity) for s in reference)),

@@ -80,10 +80,11 @@ def markdown_tables(r: dict[str, Any]) -> str:
     served = r["served"][0]
     checks = s["checks"]
     cpu_flags = "AMX bf16" if m["amx_bf16"] else "AVX-512 bf16" if m["avx512_bf16"] else "no bf16 units"
+    started = m.get("measured_at") or time.strftime("%Y-%m-%d %H:%M")  # results older than the field: now
     lines = [
-        f"Measured {m.get('measured_at') or time.strftime('%Y-%m-%d %H:%M')} (start) on {m['cores']} cores of {m['cpu']} ({cpu_flags}), "
+        f"Measured {started} (start) on {m['cores']} cores of {m['cpu']} ({cpu_flags}), "
         f"{m['memory_gib']} GiB, torch {m['torch']}; load average at start {m['load_average_at_start']}. "
-        f"This machine's matrix-multiply limits, measured now: fp32 {lim['fp32_gemm_gflops']} GFLOP/s, bf16 "
+        f"This machine's matrix-multiply limits, measured in the run: fp32 {lim['fp32_gemm_gflops']} GFLOP/s, bf16 "
         f"{lim['bf16_gemm_gflops']} GFLOP/s. Requests: three modalities, "
         + ", ".join(f"{k} {v['width']}x{v['height']} ({v['megapixels']} MP, {v['kilobytes']} KB)"
                     for k, v in r["request"].items()) + ".",
