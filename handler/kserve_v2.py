@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from handler.predictor import FIELDS, REQUIRED_FIELD, Failure, Predictor, Sample
+from handler.predictor import FIELDS, REQUIRED_FIELD, Failure, Predictor
 from model.fusion_model import ATTENTION_TOKENS
 from model.preprocessing import InputError
+from model.scoring import Sample
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,9 @@ from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler import kserve_v2
-from handler.predictor import Failure, Predictor, PredictorOptions, Sample, repeated_part_failure
+from handler.predictor import Failure, Predictor, PredictorOptions, repeated_part_failure
 from model.config import from_dict
+from model.scoring import Sample
 
 log = logging.getLogger(__name__)
 

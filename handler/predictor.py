@@ -29,22 +29,20 @@ import binascii
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from model import saliency
+from model import saliency, scoring
 from model.accelerate import accelerate
-from model.answer import format_answer
 from model.checkpoint import load_for_inference
-from model.config import AUX_MODALITIES, MODALITIES
+from model.config import MODALITIES
 from model.fusion_model import FusionModel
-from model.preprocessing import (DEFAULT_LIMITS, ImageLimits, InputError, decode_for_model, decode_image,
-                                 image_to_tensor, simulation_source)
-from model.severity import severity_label
+from model.preprocessing import DEFAULT_LIMITS, ImageLimits, InputError, decode_image
+from model.scoring import Sample
 
 log = logging.getLogger(__name__)
 
@@ -94,25 +92,6 @@ class Failure:
 
     def body(self) -> dict[str, Any]:
         return {"error": self.message, "field": self.field, "status": self.status}
-
-
-@dataclass
-class Sample:
-    """One valid request, preprocessed: ``images`` maps modality -> ``[3, S, S]`` for every view the model uses."""
-
-    images: dict[str, Tensor]
-    simulated: tuple[str, ...] = field(default=())
-    sources: dict[str, bytes] = field(default_factory=dict, repr=False)
-    """Modality -> the encoded bytes its view came from (a simulated view: its source photo), for overlays."""
-
-    @property
-    def modalities(self) -> list[str]:
-        return [m for m in MODALITIES if m in self.images]
-
-    @property
-    def subset(self) -> str:
-        """E.g. ``"clinical+dermoscopy"``: the metric dimension for requests per modality subset."""
-        return "+".join(self.modalities)
 
 
 class Predictor:
@@ -169,28 +148,24 @@ class Predictor:
         return answers
 
     def explain_sample(self, sample: Sample) -> dict[str, Any]:
-        """One sample -> score, severity, modalities and ``heatmaps: {modality: {"png_base64", "peak"}}``.
+        """One sample -> the answer (``model.scoring.answer``) plus ``heatmaps: {modality: {"png_base64", "peak"}}``.
 
         The score comes from the eager fp32 model that the maps differentiate, so with an accelerated backend it
         can differ from the predicted score in the last decimals. Each overlay is drawn over the sent photo decoded
         at full size (no JPEG draft), aspect ratio kept, longest side at most ``OVERLAY_MAX_SIDE``; ``peak`` is the
         map's maximum (0.0: nothing in that image raised the score, see ``model.saliency``).
         """
-        tensors = {m: _to_device(t.unsqueeze(0), self.device) for m, t in sample.images.items()}  # [1, 3, S, S]
-        result = saliency.explain(self._eager_model(), tensors, saliency.aux_mask_for(tensors).to(self.device))
+        eager = self._eager_model()
+        tensors = {m: t.unsqueeze(0).to(self.device) for m, t in sample.images.items()}  # [1, 3, S, S]
+        result = saliency.explain(eager, tensors, saliency.aux_mask_for(tensors).to(self.device))
         heatmaps = {}
         for modality, heat in result.heatmaps.items():
             photo = decode_image(sample.sources[modality], f"{modality}_image", self.limits)
             heatmaps[modality] = {"png_base64": saliency.overlay_base64(photo, heat, max_side=OVERLAY_MAX_SIDE),
                                   "peak": round(float(heat.max()), SCORE_DECIMALS)}
-        return {
-            "score": round(result.score, SCORE_DECIMALS),
-            "severity": severity_label(result.score, self.loaded.severity),
-            "modalities": sample.modalities,
-            "simulated": list(sample.simulated),
-            "model_version": self.version,
-            "heatmaps": heatmaps,
-        }
+        scores, attention = scoring.forward(eager, [sample], self.device)  # the same fp32 model, for attention
+        return {**scoring.answer(self.loaded, sample, float(scores[0]), attention[0].tolist(), SCORE_DECIMALS),
+                "heatmaps": heatmaps}
 
     def _eager_model(self) -> FusionModel:
         """The fp32 torch model for Grad-CAM: the served one under ``eager_fp32``; otherwise a second copy, loaded
@@ -204,14 +179,9 @@ class Predictor:
             self._eager = load_for_inference(self.checkpoint, self.device).model
         return self._eager
 
-    @torch.inference_mode()
     def forward(self, samples: list[Sample]) -> tuple[Tensor, Tensor]:
-        """Samples with any modality subsets -> scores ``[B]`` and attention ``[B, 3]`` (model.fusion_model.ATTENTION_TOKENS)."""
-        clinical = torch.stack([s.images["clinical"] for s in samples])  # [B, 3, S, S]
-        aux = [_stack_present(samples, m, clinical) for m in AUX_MODALITIES]  # [B, 3, S, S] or None each
-        aux_mask = torch.tensor([[m in s.images for m in AUX_MODALITIES] for s in samples])  # [B, 2] bool
-        out = self.loaded.model(*(_to_device(t, self.device) for t in (clinical, *aux, aux_mask)))
-        return out.score.float().cpu(), out.attention.float().cpu()
+        """Samples with any modality subsets -> scores ``[B]`` and attention ``[B, 3]`` (``model.scoring.forward``)."""
+        return scoring.forward(self.loaded.model, samples, self.device)
 
     def _prepare_one(self, request: Any) -> Sample | Failure:
         try:
@@ -220,23 +190,13 @@ class Predictor:
             return Failure.from_error(error)
 
     def _decode(self, fields: dict[str, bytes]) -> Sample:
-        """Validated field bytes -> model tensors, each image decoded once with the checkpoint's decode policy."""
-        cfg = self.loaded.data_cfg
-        decoded = {FIELDS[name]: decode_for_model(data, name, cfg, self.limits) for name, data in fields.items()}
-        images = {m: image_to_tensor(img, m, cfg) for m, img in decoded.items()}
+        """Validated field bytes -> a :class:`model.scoring.Sample` (the one scoring path's preparation)."""
         sources = {FIELDS[name]: data for name, data in fields.items()}
-        simulated: tuple[str, ...] = ()
-        if self.options.simulate_multispectral and "multispectral" not in images:
-            # Same rule as training's simulation: derive the H,S,L view from dermoscopy, else from clinical.
-            origin = simulation_source(decoded)
-            images["multispectral"] = image_to_tensor(decoded[origin], "multispectral", cfg)
-            sources["multispectral"] = sources[origin]
-            simulated = ("multispectral",)
-        return Sample(images, simulated, sources)
+        return scoring.prepare(sources, self.loaded.data_cfg, self.limits, self.options.simulate_multispectral,
+                               names={m: f"{m}_image" for m in sources})
 
     def _format(self, sample: Sample, score: float, attention: Tensor) -> dict[str, Any]:
-        return format_answer(score, attention.tolist(), sample.modalities, sample.simulated, self.loaded.severity,
-                             self.version, decimals=SCORE_DECIMALS)
+        return scoring.answer(self.loaded, sample, score, attention.tolist(), decimals=SCORE_DECIMALS)
 
 
 def read_fields(request: Any) -> dict[str, bytes]:
@@ -347,18 +307,3 @@ def _as_bytes(value: Any) -> bytes:
 
 def _optional() -> str:
     return ", ".join(f for f in FIELDS if f != REQUIRED_FIELD)
-
-
-def _to_device(tensor: Tensor | None, device: torch.device) -> Tensor | None:
-    """CPU tensors stay; for a GPU, pinned memory lets the copy run asynchronously with the host's next step."""
-    if tensor is None or device.type == "cpu":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
-
-
-def _stack_present(samples: list[Sample], modality: str, like: Tensor) -> Tensor | None:
-    """``[B, 3, S, S]`` with zero rows where a sample lacks ``modality``; None if no sample has it."""
-    if not any(modality in s.images for s in samples):
-        return None
-    zeros = torch.zeros_like(like[0])
-    return torch.stack([s.images.get(modality, zeros) for s in samples])

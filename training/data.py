@@ -18,9 +18,9 @@ counts as no label) are skipped, counted in :attr:`DatasetIndex.skipped` and log
 [0, 1] is an error naming the file and row, since it usually means a wrong scale for the whole file. Without a
 ``patient_id`` each lesion is its own patient.
 
-The eval tensors are exactly ``model.preprocessing.image_to_tensor(load_image(path, cfg), modality, cfg)``, the serving
-path; training augmentation (flips, 90-degree rotations) acts on those tensors with one random draw per sample, so
-all modalities of a lesion stay aligned and the eval tensors can be cached once per lesion.
+The eval tensors come from the one scoring path (``model.scoring.prepare_files``), exactly what serving computes;
+training augmentation (flips, 90-degree rotations) acts on those tensors with one random draw per sample, so all
+modalities of a lesion stay aligned and the eval tensors can be cached once per lesion.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from model.config import AUX_MODALITIES, MODALITIES, DataConfig
-from model.preprocessing import InputError, image_to_tensor, load_image, simulation_source
+from model.preprocessing import InputError
+from model.scoring import Sample, collate, prepare_files
 
 log = logging.getLogger(__name__)
 
@@ -296,21 +296,25 @@ def available_modalities(lesion: Lesion, data_cfg: DataConfig) -> dict[str, str]
     return found
 
 
+def lesion_sample(lesion: Lesion, data_cfg: DataConfig) -> Sample:
+    """The lesion's files prepared by the one scoring path, simulating multispectral when the config says so."""
+    paths = {m: lesion.path(m) for m in MODALITIES}
+    return prepare_files(paths, data_cfg, simulate_multispectral=data_cfg.simulate_multispectral)
+
+
 def lesion_tensors(lesion: Lesion, data_cfg: DataConfig) -> dict[str, Tensor]:
     """Eval tensors ``[3, S, S]`` for every modality (zeros where absent) and ``aux_mask [2]`` bool.
 
-    Uses ``load_image`` + ``image_to_tensor`` only, so each tensor equals ``preprocess_bytes`` of the same file. A
-    missing multispectral view is simulated from the dermoscopy (else clinical) photo when the config says so.
-    Unreadable files raise :class:`model.preprocessing.InputError` naming the file.
+    The lesion is prepared by the one scoring path (``model.scoring.prepare_files``), so each tensor equals what
+    the server computes for the same file. A missing multispectral view is simulated from the dermoscopy (else
+    clinical) photo when the config says so. Unreadable files raise :class:`model.preprocessing.InputError`
+    naming the file.
     """
-    paths = {m: lesion.path(m) for m in MODALITIES}
-    images: dict[str, Image.Image] = {m: load_image(p, data_cfg) for m, p in paths.items() if p is not None}
-    tensors = {m: image_to_tensor(img, m, data_cfg) for m, img in images.items()}
-    if "multispectral" not in tensors and data_cfg.simulate_multispectral:
-        tensors["multispectral"] = image_to_tensor(images[simulation_source(images)], "multispectral", data_cfg)
-    zeros = torch.zeros(3, data_cfg.image_size, data_cfg.image_size)
-    out = {m: tensors.get(m, zeros) for m in MODALITIES}
-    out["aux_mask"] = torch.tensor([m in tensors for m in AUX_MODALITIES])
+    clinical, dermoscopy, multispectral, aux_mask = collate([lesion_sample(lesion, data_cfg)])
+    zeros = torch.zeros_like(clinical[0])
+    views = {"clinical": clinical, "dermoscopy": dermoscopy, "multispectral": multispectral}
+    out = {m: zeros if t is None else t[0] for m, t in views.items()}
+    out["aux_mask"] = aux_mask[0]
     return out
 
 

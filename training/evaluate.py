@@ -61,16 +61,15 @@ matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
 from model.checkpoint import LoadedModel, load_for_inference  # noqa: E402
 from model.colorimetry import SKIN_TONE_BANDS, SegmentationError, measure  # noqa: E402
 from model.config import AUX_MODALITIES  # noqa: E402
 from model.preprocessing import load_image  # noqa: E402
+from model.scoring import collate, forward  # noqa: E402
 from model.severity import LABELS, severity_label  # noqa: E402
-from training.data import Lesion, LesionDataset, available_modalities, index_dataset, select  # noqa: E402
+from training.data import Lesion, available_modalities, index_dataset, lesion_sample, select  # noqa: E402
 from training.metrics import bootstrap_intervals, score_metrics  # noqa: E402
-from training.train import predict_batch  # noqa: E402
 
 log = logging.getLogger("training.evaluate")
 
@@ -124,23 +123,22 @@ def lesions_for_split(lesions: list[Lesion], split: str, provenance: dict[str, A
     return select(lesions, list(ids), source)
 
 
-@torch.no_grad()
 def predict_subsets(loaded: LoadedModel, lesions: list[Lesion], batch_size: int = 32,
                     device: str = "cpu") -> dict[str, np.ndarray]:
     """Scores ``[N]`` per key: ``"available"`` (each lesion's own modalities) and each of :data:`SUBSETS`.
 
-    A subset's score for a lesion lacking one of its modalities is NaN (it is not part of that subset).
+    Every lesion goes through the one scoring path (``model.scoring``); a subset hides the auxiliary modalities
+    it does not use. A subset's score for a lesion lacking one of its modalities is NaN (it is not in that subset).
     """
-    dataset = LesionDataset(lesions, loaded.data_cfg, train=False)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     out: dict[str, list[np.ndarray]] = {name: [] for name in ("available", *SUBSETS)}
-    for batch in loader:
-        available = batch["aux_mask"]  # [B, 2]
-        out["available"].append(predict_batch(loaded.model, batch, device).cpu().numpy())
+    for start in range(0, len(lesions), batch_size):
+        samples = [lesion_sample(x, loaded.data_cfg) for x in lesions[start:start + batch_size]]
+        present = collate(samples)[3]  # [B, 2]
+        out["available"].append(forward(loaded.model, samples, device)[0].numpy())
         for name, aux in SUBSETS.items():
-            wanted = torch.tensor([m in aux for m in AUX_MODALITIES]).expand_as(available)
-            has_all = (available | ~wanted).all(dim=1)  # [B]
-            scores = predict_batch(loaded.model, batch, device, aux_mask=wanted & available).cpu().numpy()
+            wanted = torch.tensor([m in aux for m in AUX_MODALITIES]).expand_as(present)
+            has_all = (present | ~wanted).all(dim=1)  # [B]
+            scores = forward(loaded.model, samples, device, aux_mask=wanted)[0].numpy()
             out[name].append(np.where(has_all.numpy(), scores, np.nan))
     return {name: np.concatenate(parts).astype(np.float64) for name, parts in out.items()}
 

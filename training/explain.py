@@ -31,8 +31,9 @@ import numpy as np
 
 from model.checkpoint import LoadedModel, load_for_inference
 from model.config import AUX_MODALITIES
-from model.preprocessing import load_image, preprocess_path
+from model.preprocessing import load_image
 from model.saliency import aux_mask_for, explain, overlay_base64, overlay_png
+from model.scoring import prepare_files
 from model.severity import severity_label
 from training.data import index_dataset, lesion_tensors
 
@@ -44,8 +45,9 @@ def explain_files(loaded: LoadedModel, paths: dict[str, Path], out_dir: Path | N
                   inline: bool = False) -> dict[str, Any]:
     """Explain one lesion given as image files -> ``{score, severity, heatmaps: {modality: {path | png_base64}}}``."""
     images = {m: load_image(p) for m, p in paths.items()}  # full size, for the overlays
-    # The model sees exactly what serving feeds it (the data config's decode policy, e.g. JPEG draft decoding).
-    tensors = {m: preprocess_path(p, m, loaded.data_cfg).unsqueeze(0) for m, p in paths.items()}
+    # The model sees exactly what serving feeds it: the one scoring path's preparation (model.scoring).
+    sample = prepare_files(paths, loaded.data_cfg)
+    tensors = {m: t.unsqueeze(0) for m, t in sample.images.items()}  # [1, 3, S, S]
     result = explain(loaded.model, tensors, aux_mask_for(tensors))
     heatmaps: dict[str, dict[str, Any]] = {}
     for modality, heat in result.heatmaps.items():

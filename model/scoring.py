@@ -1,0 +1,155 @@
+"""The one path that scores a lesion: encoded images -> tensors -> model -> answer.
+
+The server (``handler.predictor``), ``training.infer_single``, ``training.evaluate``, batch scoring and the
+dataset's inference-time loading (``training.data.lesion_tensors``) all go through these functions, so "served
+equals offline" holds by construction rather than by a test of two copies:
+
+* :func:`prepare` / :func:`prepare_files`: each image decoded once with the checkpoint's decode policy
+  (``model.preprocessing``), turned into the model tensor of its modality, and, when asked, the missing
+  multispectral view simulated by the one rule (:func:`model.preprocessing.simulation_source`);
+* :func:`forward`: any mix of modality subsets in one batched forward (absent rows are zeros, ``aux_mask`` marks
+  them), so each sample's score equals its score computed alone;
+* :func:`answer`: the answer dict (``model.answer.format_answer``).
+
+Augmentation and sampling are training's business and stay in ``training/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from model.answer import format_answer
+from model.checkpoint import LoadedModel
+from model.config import AUX_MODALITIES, MODALITIES, DataConfig
+from model.preprocessing import (DEFAULT_LIMITS, ImageLimits, InputError, decode_for_model, image_to_tensor,
+                                 simulation_source)
+
+
+@dataclass
+class Sample:
+    """One lesion, preprocessed: ``images`` maps modality -> ``[3, S, S]`` for every view the model uses."""
+
+    images: dict[str, Tensor]
+    simulated: tuple[str, ...] = ()
+    sources: dict[str, bytes] = field(default_factory=dict, repr=False)
+    """Modality -> the encoded bytes its view came from (a simulated view: its source photo), for overlays."""
+    decoded: dict[str, Image.Image] = field(default_factory=dict, repr=False)
+    """Modality -> the decoded photo its view came from (decode policy applied), for image-quality checks."""
+
+    @property
+    def modalities(self) -> list[str]:
+        return [m for m in MODALITIES if m in self.images]
+
+    @property
+    def subset(self) -> str:
+        """E.g. ``"clinical+dermoscopy"``: the metric dimension for requests per modality subset."""
+        return "+".join(self.modalities)
+
+
+def prepare(sources: Mapping[str, bytes], cfg: DataConfig, limits: ImageLimits = DEFAULT_LIMITS,
+            simulate_multispectral: bool = False, names: Mapping[str, str] | None = None) -> Sample:
+    """``{modality: encoded image bytes}`` -> :class:`Sample`.
+
+    ``names`` maps modality -> what errors call the image (a request field, a file path); default the modality.
+
+    Raises:
+        InputError: no clinical image, an unknown modality, or an image that cannot be decoded (naming it).
+    """
+    names = dict(names or {})
+    unknown = sorted(set(sources) - set(MODALITIES))
+    if unknown:
+        raise ValueError(f"unknown modality {unknown[0]!r}; expected one of {MODALITIES}")
+    if "clinical" not in sources:
+        raise InputError(names.get("clinical", "clinical"),
+                         "is required (the clinical photo); dermoscopy and multispectral are optional")
+    decoded = {m: decode_for_model(data, names.get(m, m), cfg, limits) for m, data in sources.items()}
+    images = {m: image_to_tensor(img, m, cfg) for m, img in decoded.items()}
+    sources = dict(sources)
+    simulated: tuple[str, ...] = ()
+    if simulate_multispectral and "multispectral" not in images:
+        origin = simulation_source(decoded)
+        images["multispectral"] = image_to_tensor(decoded[origin], "multispectral", cfg)
+        sources["multispectral"] = sources[origin]
+        decoded["multispectral"] = decoded[origin]
+        simulated = ("multispectral",)
+    return Sample(images, simulated, sources, decoded)
+
+
+def prepare_files(paths: Mapping[str, str | Path | None], cfg: DataConfig, limits: ImageLimits = DEFAULT_LIMITS,
+                  simulate_multispectral: bool = False) -> Sample:
+    """``{modality: image file or None}`` -> :class:`Sample`; errors name the file.
+
+    Raises:
+        InputError: a missing or unreadable file, or one that is not a supported image.
+    """
+    given = {m: Path(p) for m, p in paths.items() if p is not None}
+    return prepare({m: read_file(p) for m, p in given.items()}, cfg, limits, simulate_multispectral,
+                   names={m: str(p) for m, p in given.items()})
+
+
+def read_file(path: Path) -> bytes:
+    """A file's bytes, or an :class:`InputError` naming it (missing, a folder, unreadable)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(str(path), "no such file; check the path") from None
+    except IsADirectoryError:
+        raise InputError(str(path), "is a folder, not an image file") from None
+    except OSError as exc:
+        raise InputError(str(path), f"cannot be read ({exc.strerror or exc})") from None
+
+
+def collate(samples: Sequence[Sample]) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
+    """Samples -> ``clinical [B, 3, S, S]``, ``dermoscopy``/``multispectral`` ``[B, 3, S, S]`` (zero rows where a
+    sample lacks one; None when no sample has it) and ``aux_mask [B, 2]`` bool over ``AUX_MODALITIES``."""
+    clinical = torch.stack([s.images["clinical"] for s in samples])
+    zeros = torch.zeros_like(clinical[0])
+    aux = [torch.stack([s.images.get(m, zeros) for s in samples]) if any(m in s.images for s in samples) else None
+           for m in AUX_MODALITIES]
+    aux_mask = torch.tensor([[m in s.images for m in AUX_MODALITIES] for s in samples], dtype=torch.bool)
+    return clinical, aux[0], aux[1], aux_mask
+
+
+@torch.inference_mode()
+def forward(model: nn.Module, samples: Sequence[Sample], device: str | torch.device = "cpu",
+            aux_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Samples with any modality subsets -> scores ``[B]`` and attention ``[B, 3]`` (float32, on the CPU).
+
+    ``aux_mask [B, 2]`` (optional) hides auxiliary modalities a sample has (evaluation of modality subsets); it
+    can only remove views, never add absent ones.
+    """
+    device = torch.device(device)
+    clinical, dermoscopy, multispectral, present = collate(samples)
+    mask = present if aux_mask is None else present & aux_mask.bool()
+    out = model(*(_to_device(t, device) for t in (clinical, dermoscopy, multispectral, mask)))
+    return out.score.float().cpu(), out.attention.float().cpu()
+
+
+def answer(loaded: LoadedModel, sample: Sample, score: float, attention: Sequence[float],
+           decimals: int | None = None) -> dict[str, Any]:
+    """The answer for one scored sample (``model.answer.format_answer``)."""
+    return format_answer(score, attention, sample.modalities, sample.simulated, loaded.severity, loaded.version,
+                         decimals=decimals)
+
+
+def score(loaded: LoadedModel, samples: Sequence[Sample], device: str | torch.device = "cpu",
+          decimals: int | None = None) -> list[dict[str, Any]]:
+    """Score samples in one batched forward -> one answer each, in order."""
+    if not samples:
+        return []
+    scores, attention = forward(loaded.model, samples, device)
+    return [answer(loaded, s, float(scores[i]), attention[i].tolist(), decimals) for i, s in enumerate(samples)]
+
+
+def _to_device(tensor: Tensor | None, device: torch.device) -> Tensor | None:
+    """CPU tensors stay; for a GPU, pinned memory lets the copy run asynchronously with the host's next step."""
+    if tensor is None or device.type == "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
