@@ -3,6 +3,7 @@
 # Every step is skipped when its output already exists, so a second run only (re)starts what is missing.
 #   PIGMENT_DEMO_N       lesions to generate (default 600)
 #   PIGMENT_DEMO_CONFIG  training config (default training/configs/demo.yaml)
+#   PIGMENT_PAGE_PORT    the review page's port on 127.0.0.1 (default 3000)
 #   --model-only         stop once the demo model is trained (make benchmark checks its accuracy)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -65,9 +66,21 @@ step "asking the served model about lesion $lesion"
 $PY scripts/client.py --run-dir "$SERVER_DIR" "${args[@]}"
 
 port=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["ports"]["inference"])' "$SERVER_DIR/server.json")
+step "serving the review page (web/) on 127.0.0.1:${PIGMENT_PAGE_PORT:-3000}"
+page="the review page did not start (see the error above); the API works without it"
+if $PY -m web.server start --api "http://127.0.0.1:$port" --checkpoint "$RUN/best_model.pth" \
+        --port "${PIGMENT_PAGE_PORT:-3000}" --run-dir "$SERVER_DIR/web"; then
+    page=$($PY -m web.server url --run-dir "$SERVER_DIR/web" --torchserve-run-dir "$SERVER_DIR")
+fi
 cat <<MSG
 
-pigment is being served on http://127.0.0.1:$port (ready in $((SECONDS - start)) s). Try:
+pigment is being served on http://127.0.0.1:$port (ready in $((SECONDS - start)) s).
+
+Open the review page (the key travels in the address's #fragment, which the browser never sends anywhere):
+
+  $page
+
+Or try:
 
   KEY=\$($PY -c 'import json; print(json.load(open("$SERVER_DIR/key_file.json"))["inference"]["key"])')
   curl -s -X POST http://127.0.0.1:$port/predictions/pigment -H "Authorization: Bearer \$KEY" \\
