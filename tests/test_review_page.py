@@ -289,6 +289,9 @@ def test_on_a_phone_sized_screen_the_page_fits_the_width(driver, page, served, t
     assert layout["viewport"] <= 390
     assert layout["scroll"] <= layout["viewport"] and layout["widest"] <= layout["viewport"]
     assert layout["stacked"]
+    cameras = driver.execute_script("return [...document.querySelectorAll('input[type=file][capture]')]"
+                                    ".map(i => [i.dataset.cameraFor, i.getAttribute('capture'), i.accept])")
+    assert cameras == [[f"{m}_image", "environment", "image/*"] for m in ("clinical", "dermoscopy", "multispectral")]
 
 
 # -- the trust fields, from a stand-in server that answers exactly the documented shape -----------------------------

@@ -257,9 +257,11 @@ function renderScore(answer) {
   if (drawn) {
     intervalBox.style.left = position(interval.low);
     intervalBox.style.width = position(interval.high - interval.low);
-    const coverage = isNumber(interval.coverage) ? `${Math.round(interval.coverage * 100)} % ` : "";
-    $("#interval-text").textContent = `${coverage}interval: ${interval.low.toFixed(2)} to ${interval.high.toFixed(2)}`
-      + ` (the shaded span on the scale; the true score lies in such spans ${coverage || "usually"}of the time).`;
+    const span = `${interval.low.toFixed(2)} to ${interval.high.toFixed(2)}`;
+    $("#interval-text").textContent = isNumber(interval.coverage)
+      ? `${Math.round(interval.coverage * 100)} % interval: ${span} (the framed span on the scale; the true score `
+        + `falls in such spans ${Math.round(interval.coverage * 100)} % of the time).`
+      : `Interval: ${span} (the framed span on the scale).`;
   } else {
     $("#interval-text").textContent = "This answer carries no interval, so how certain the score is is not shown.";
   }
