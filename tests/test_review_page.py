@@ -453,3 +453,23 @@ def test_start_prints_an_address_with_a_working_key_renewed_near_expiry_and_stop
     assert stop.stdout.strip() == "review page stopped"
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{origin}/config.json", timeout=10)
+
+
+@needs_browser
+def test_a_dropped_photo_is_taken_like_a_chosen_one(driver, tmp_path):
+    _, files = lesion_files(tmp_path, ("clinical", "dermoscopy"), seed=2)
+    with stand_in_api(TRUST_ANSWER) as origin:
+        open_page(driver, origin, "any-key")
+        driver.find_element("css selector", "input[name=clinical_image]").send_keys(str(files["clinical"]))
+        driver.execute_script("""
+            const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+            document.querySelector('#field-dermoscopy_image .drop')
+              .dispatchEvent(new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));""",
+                              base64.b64encode(files["dermoscopy"].read_bytes()).decode())
+        assert driver.execute_script("return document.querySelector('#field-dermoscopy_image .hint').textContent") \
+            == "dropped.png"
+        driver.find_element("id", "score-button").click()
+        wait_for(driver, "document.querySelectorAll('img.overlay').length === 2", "both overlays")
+        assert "dropped.png" in driver.execute_script("return document.querySelector('#provenance').textContent")
