@@ -19,6 +19,7 @@ setup:
 	bash scripts/ensure_java.sh
 
 test: setup
+	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pytest -q tests
 
 serve: setup

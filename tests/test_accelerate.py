@@ -17,14 +17,13 @@ import os
 
 import numpy as np
 import pytest
+import scipy.stats as scipy_stats  # test-only dependency: requirements-dev.txt (make test installs it)
 import torch
 
 from model.accelerate import BACKENDS, accelerate, available_backends
 from model.config import AUX_MODALITIES, SeverityConfig
 from model.fusion_model import FusionModel
 from tests.conftest import TINY_DATA_CFG, make_tiny_model
-
-scipy_stats = pytest.importorskip("scipy.stats", reason="test-only dependency: pip install -r requirements-dev.txt")
 
 SCORE_TOLERANCE = 0.01
 SAME_SEVERITY = 0.99

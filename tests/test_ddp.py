@@ -13,6 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,8 @@ from training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = {"best_model.pth", "last.pth", "history.csv", "config.yaml"}
+TORCHRUN_TIMEOUT_S = 240  # under pytest.ini's 300 s per test: a stuck launch fails with its stderr, not pytest's
+RANK_TIMEOUT_S = 120  # the gradient test's two ranks: a rank waiting for a dead peer errors out after this
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="this torch build has no torch.distributed with gloo")
@@ -53,7 +57,8 @@ def torchrun_train(config: Path, data: Path, out: Path, *extra: str) -> subproce
     command = [*torchrun_command(), "--standalone", "--nproc_per_node=2", "-m", "training.train",
                "--config", str(config), "--data", str(data), "--out", str(out), "--quiet", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=TORCHRUN_TIMEOUT_S)
     assert done.returncode == 0, f"torchrun exited {done.returncode}:\n{done.stderr[-4000:]}"
     return done
 
@@ -164,7 +169,9 @@ def gradients(model: torch.nn.Module, forward: torch.nn.Module, rows: slice) -> 
 
 def ddp_gradients_worker(rank: int, world_size: int, store: str, result: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    # A collective waiting for a peer that died would otherwise wait gloo's default 30 minutes.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=RANK_TIMEOUT_S))
     try:
         model = make_tiny_model(seed=0)  # eval mode: no dropout, so both runs compute the same function
         ddp = DistributedDataParallel(model, find_unused_parameters=True)
@@ -178,8 +185,9 @@ def ddp_gradients_worker(rank: int, world_size: int, store: str, result: str) ->
 def test_ddp_gradients_equal_one_process_gradients_when_an_encoder_is_unused_on_a_rank(tmp_path):
     result = tmp_path / "grads.pt"
     # fork: the ranks inherit the imported modules (a spawn re-imports torch and timm, ~10 s on shared cores)
-    mp.start_processes(ddp_gradients_worker, args=(2, str(tmp_path / "store"), str(result)), nprocs=2,
-                       start_method="fork")
+    ranks = mp.start_processes(ddp_gradients_worker, args=(2, str(tmp_path / "store"), str(result)), nprocs=2,
+                               start_method="fork", join=False)
+    join_or_kill(ranks, RANK_TIMEOUT_S)
     ddp = torch.load(result, weights_only=True)
     model = make_tiny_model(seed=0)
     single = gradients(model, model, slice(0, 4))  # mean loss over the global batch of 4
@@ -191,6 +199,16 @@ def test_ddp_gradients_equal_one_process_gradients_when_an_encoder_is_unused_on_
         assert grad is not None and ddp[name] is not None, name
         torch.testing.assert_close(ddp[name], grad, rtol=1e-4, atol=1e-6, msg=name)
     assert any(single[n].abs().sum() > 0 for n in single if n.startswith("encoders.dermoscopy."))
+
+
+def join_or_kill(ranks: mp.ProcessContext, seconds: float) -> None:
+    """Wait for every rank to exit (a rank's exception is re-raised here); kill them all and fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not ranks.join(timeout=max(0.0, deadline - time.monotonic())):
+        if time.monotonic() >= deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail(f"the DDP ranks did not finish within {seconds} s; killed them")
 
 
 def key_tree(value):

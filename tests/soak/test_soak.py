@@ -41,6 +41,7 @@ POOL = 64  # distinct requests, 16 per modality subset
 BATCH_DELAY_MS = 20  # at concurrency 16 batches fill (batchSize 8) long before this
 
 pytestmark = [pytest.mark.soak,
+              pytest.mark.timeout(1800),  # each run is minutes by design; pytest.ini's default is for make test
               pytest.mark.skipif(not java_available(), reason="TorchServe needs Java 17 (scripts/ensure_java.sh)")]
 
 
