@@ -1,12 +1,21 @@
 """The bad-input corpus through the predictor alone: every case gets its documented status and names its field,
-and a batch mixing every case answers the good ones exactly as they are answered alone."""
+a batch mixing every case answers the good ones exactly as they are answered alone, and each "must work" input
+(grayscale, CMYK, 16-bit, palette, EXIF-rotated, ...) scores like a plain RGB PNG of what it shows."""
 
 from __future__ import annotations
 
 import pytest
 
 from handler.predictor import Predictor
-from tests.bad_inputs import CASES, GOOD, Case
+from tests.bad_inputs import (
+    CASES,
+    GOOD,
+    MUST_WORK,
+    Case,
+    equivalents,
+    png,
+    stored_pixels,
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,3 +51,31 @@ def test_a_batch_of_every_case_answers_good_requests_as_if_alone(predictor):
     for case, bad, ok in zip(CASES, answers[0::2], answers[1::2]):
         assert ok["score"] == pytest.approx(alone["score"], abs=1e-4), case.name
         assert ("error" in bad) == (case.status != 200), case.name
+
+
+EQUIVALENTS = equivalents()
+
+
+def score_of(predictor: Predictor, data: bytes) -> float:
+    (answer,) = predictor.predict([{"clinical_image": bytearray(data)}])
+    assert "error" not in answer, answer
+    return answer["score"]
+
+
+def test_every_must_work_case_has_a_plain_rgb_equivalent():
+    assert set(EQUIVALENTS) == set(MUST_WORK)
+    assert set(MUST_WORK) <= {c.name for c in CASES if c.status == 200}
+
+
+@pytest.mark.parametrize("name", list(EQUIVALENTS))
+def test_a_must_work_input_scores_like_a_plain_rgb_png_of_what_it_shows(predictor, name):
+    reference, tolerance = EQUIVALENTS[name]
+    got, want = score_of(predictor, MUST_WORK[name]), score_of(predictor, reference)
+    assert abs(got - want) <= tolerance, f"{name}: {got} vs {want} for the same picture in plain RGB"
+
+
+def test_the_rotated_photo_check_can_tell_a_rotation_apart(predictor):
+    """Guard on the check above: the stored (unrotated) pixels score measurably differently from the upright ones."""
+    stored = png(stored_pixels(MUST_WORK["exif-rotated jpeg"], "RGB"))
+    upright = EQUIVALENTS["exif-rotated jpeg"][0]
+    assert abs(score_of(predictor, stored) - score_of(predictor, upright)) >= 10 * EQUIVALENTS["exif-rotated jpeg"][1]
