@@ -4,6 +4,7 @@
 #   PIGMENT_DEMO_N       lesions to generate (default 600)
 #   PIGMENT_DEMO_CONFIG  training config (default training/configs/demo.yaml)
 #   PIGMENT_PAGE_PORT    the review page's port on 127.0.0.1 (default 3000)
+#   PIGMENT_DEMO_SET     space-separated config overrides for training, e.g. "training.epochs=1" (CI's smoke run)
 #   --model-only         stop once the demo model is trained (make benchmark checks its accuracy)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,10 +28,11 @@ else
 fi
 
 if [[ ! -f $RUN/.complete ]]; then
-    resume=()
-    [[ -f $RUN/last.pth ]] && resume=(--resume)
-    step "training the demo model ($CONFIG) into $RUN ${resume[*]}"
-    $PY -m training.train --config "$CONFIG" --data "$DATA" --out "$RUN" "${resume[@]}"
+    train_args=()
+    [[ -f $RUN/last.pth ]] && train_args=(--resume)
+    for override in ${PIGMENT_DEMO_SET:-}; do train_args+=(--set "$override"); done
+    step "training the demo model ($CONFIG) into $RUN ${train_args[*]}"
+    $PY -m training.train --config "$CONFIG" --data "$DATA" --out "$RUN" "${train_args[@]}"
     touch "$RUN/.complete"
 else
     step "reusing the trained model $RUN/best_model.pth"
