@@ -76,6 +76,11 @@ class SeverityConfig:
 T = TypeVar("T")
 
 
+class ConfigError(TypeError, ValueError):
+    """A config value of the wrong type. A ``TypeError`` for callers that catch that, and a ``ValueError`` so that
+    the command-line tools (``model.cli``) report it as the user's mistake it is rather than as a bug."""
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     """Build dataclass ``cls`` from ``data`` strictly: unknown keys are an error, values are coerced.
 
@@ -87,7 +92,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise TypeError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -129,19 +134,19 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
                 return _coerce(value, arg, name)
             except (TypeError, ValueError) as exc:
                 errors.append(str(exc))
-        raise TypeError("; ".join(errors))
+        raise ConfigError("; ".join(errors))
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{name}: expected a list, got {value!r}")
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
         item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
         if len(item_types) != len(value):
             raise ValueError(f"{name}: expected {len(item_types)} values, got {len(value)}: {value!r}")
         return tuple(_coerce(v, t, f"{name}[{i}]") for i, (v, t) in enumerate(zip(value, item_types)))
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
-            raise TypeError(f"{name}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
         return dict(value)
     if hint is Any:
         return value
@@ -150,23 +155,23 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             return value
         if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
             return value.strip().lower() in ("true", "yes", "1", "on")
-        raise TypeError(f"{name}: expected true or false, got {value!r}")
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
     if hint is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise TypeError(f"{name}: expected an integer, got {value!r}")
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise TypeError(f"{name}: expected an integer, got {value!r}") from None
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
     if hint is float:
         if isinstance(value, bool):
-            raise TypeError(f"{name}: expected a number, got {value!r}")
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
         try:
             return float(value)  # PyYAML reads 3e-4 as the string "3e-4"
         except (TypeError, ValueError):
-            raise TypeError(f"{name}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
     if hint is str:
         if isinstance(value, (dict, list, tuple)):
-            raise TypeError(f"{name}: expected a string, got {value!r}")
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
         return str(value)
     raise TypeError(f"{name}: unsupported annotation {hint!r}")

@@ -11,12 +11,16 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-$ROOT/.venv/bin/python}
+source "$ROOT/scripts/python.sh"
 ARCHIVER=$(dirname "$PY")/torch-model-archiver
 [[ -x $ARCHIVER ]] || ARCHIVER=torch-model-archiver
 
 if [[ $# -lt 1 || $# -gt 2 ]]; then
     echo "usage: $0 CHECKPOINT [EXPORT_DIR]   (e.g. $0 runs/demo/best_model.pth model_store)" >&2
+    exit 2
+fi
+if [[ ! -f $1 ]]; then
+    echo "build_mar: $1: no such checkpoint; train one with \`python -m training.train\` first" >&2
     exit 2
 fi
 CKPT=$(realpath "$1")
@@ -27,10 +31,12 @@ MODEL_CONFIG=$(realpath "${PIGMENT_MODEL_CONFIG:-$ROOT/serve_config/model-config
 VERSION=$(cd "$ROOT" && "$PY" -c '
 import re, sys
 from model.checkpoint import load_checkpoint
+from model.cli import one_line
 try:
     ckpt = load_checkpoint(sys.argv[1])
 except (FileNotFoundError, ValueError) as exc:
-    sys.exit(f"build_mar: refusing to archive: {exc}")
+    print(f"build_mar: refusing to archive: {one_line(exc)}", file=sys.stderr)
+    sys.exit(2)
 version = str(ckpt.get("provenance", {}).get("model_version", "1.0"))
 print(re.sub(r"[^A-Za-z0-9._-]", "_", version))
 ' "$CKPT")

@@ -8,7 +8,7 @@ The inference key and port come from the server's run directory (scripts/start_s
 images go as multipart/form-data fields clinical_image, dermoscopy_image, multispectral_image, or with --json as
 one JSON object of base64 strings under the same names; with --grpc as the same fields of one gRPC Predictions
 call (scripts/grpc_client.py; a cheaper way into TorchServe for large images). Exits 0 on a score, 1 on an
-error answer.
+error answer, 2 with one line on stderr when the request cannot be sent (a missing file, no key file, no server).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from model.cli import run  # noqa: E402
 from scripts.grpc_client import GrpcClient, encode_request  # noqa: E402
 
 FIELDS = ("clinical", "dermoscopy", "multispectral")
@@ -30,7 +31,7 @@ FIELDS = ("clinical", "dermoscopy", "multispectral")
 def read_key(key_file: Path, kind: str = "inference") -> str:
     """The ``inference`` or ``management`` key TorchServe wrote at startup."""
     if not key_file.is_file():
-        raise SystemExit(f"{key_file}: no key file; start the server with scripts/start_server.sh, or pass "
+        raise FileNotFoundError(f"{key_file}: no key file; start the server with scripts/start_server.sh, or pass "
                          f"--key-file (it lies in the directory TorchServe was started from)")
     return json.loads(key_file.read_text())[kind]["key"]
 
@@ -84,13 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     images = {m: getattr(args, m) for m in FIELDS if getattr(args, m) is not None}
     for path in images.values():
         if not path.is_file():
-            raise SystemExit(f"{path}: no such file")
+            raise FileNotFoundError(f"{path}: no such file; check the path")
     key = read_key(args.key_file or args.run_dir / "key_file.json")
     if args.grpc:
         status, text = predict_grpc(inference_url(args), key, args.model, images)
         print(text if text.startswith("{") else f"gRPC -> HTTP {status}: {text}")
         return 0 if status == 200 else 1
-    response = predict(f"{inference_url(args)}/predictions/{args.model}", key, images, args.json)
+    url = f"{inference_url(args)}/predictions/{args.model}"
+    try:
+        response = predict(url, key, images, args.json)
+    except requests.ConnectionError:
+        raise ConnectionError(f"{url}: no server answers; start it with scripts/start_server.sh, or pass --url "
+                              f"or --run-dir") from None
     try:
         print(json.dumps(response.json(), indent=2))
     except ValueError:
@@ -99,4 +105,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -9,7 +9,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-PY=.venv/bin/python
+source "$ROOT/scripts/python.sh"
 DATA=data/demo
 RUN=runs/demo
 STORE=model_store

@@ -5,7 +5,7 @@
 #   scripts/scale_workers.sh 1      # back to one
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-$ROOT/.venv/bin/python}
+source "$ROOT/scripts/python.sh"
 WORKERS=${1:?usage: $0 NUMBER_OF_WORKERS}
 RUN_DIR=${RUN_DIR:-$ROOT/logs}
 KEY_FILE=${KEY_FILE:-$RUN_DIR/key_file.json}

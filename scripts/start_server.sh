@@ -7,6 +7,6 @@
 #   scripts/start_server.sh --free-ports            # any free loopback ports (printed)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-$ROOT/.venv/bin/python}
+source "$ROOT/scripts/python.sh"
 exec "$PY" "$ROOT/scripts/local_torchserve.py" start \
     --model-store "${MODEL_STORE:-$ROOT/model_store}" --run-dir "${RUN_DIR:-$ROOT/logs}" "$@"

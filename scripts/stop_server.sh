@@ -3,7 +3,7 @@
 # and the review page that make serve started beside it (RUN_DIR/web).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-$ROOT/.venv/bin/python}
+source "$ROOT/scripts/python.sh"
 RUN_DIR=${RUN_DIR:-$ROOT/logs}
 (cd "$ROOT" && "$PY" -m web.server stop --run-dir "$RUN_DIR/web")
 exec "$PY" "$ROOT/scripts/local_torchserve.py" stop --run-dir "$RUN_DIR"

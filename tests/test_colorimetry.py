@@ -118,7 +118,7 @@ def test_weak_labels_cli_writes_the_loader_columns_and_lists_failures(tmp_path):
 def test_weak_labels_cli_refuses_to_overwrite_labels_without_the_flag(tmp_path):
     data = write_folder(tmp_path / "data")
     (data / "labels.csv").write_text("lesion_id,score,patient_id\nL1,0.9,P1\n")
-    with pytest.raises(SystemExit, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="--overwrite"):
         weak_labels.main(["--data", str(data)])
     assert (data / "labels.csv").read_text() == "lesion_id,score,patient_id\nL1,0.9,P1\n"
     weak_labels.main(["--data", str(data), "--overwrite", "--source", "clinical"])

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from model.config import DataConfig, ModelConfig, SeverityConfig, from_dict, to_dict
+from model.config import ConfigError, DataConfig, ModelConfig, SeverityConfig, from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such config file; see training/configs/ for examples")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:  # a user's typo: a ValueError, so the CLIs report it in one line
+            raise ValueError(f"{path}: not valid YAML ({exc}); fix the file (see training/configs/)") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a mapping of sections {list(SECTIONS)}, got {type(raw).__name__}")
     for item in overrides:
@@ -127,7 +130,7 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     sections = {name: raw.get(name) or {} for name in SECTIONS}
     for name, value in sections.items():
         if not isinstance(value, dict):
-            raise TypeError(f"config section {name!r} must be a mapping of keys, got {value!r}")
+            raise ConfigError(f"config section {name!r} must be a mapping of keys, got {value!r}")
     data_cfg, data_options = _split_data_section(sections["data"])
     return RunConfig(
         model=from_dict(ModelConfig, sections["model"], "model"),

@@ -63,6 +63,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from model.checkpoint import LoadedModel, load_for_inference  # noqa: E402
+from model.cli import run  # noqa: E402
 from model.colorimetry import SKIN_TONE_BANDS, SegmentationError, measure  # noqa: E402
 from model.config import AUX_MODALITIES  # noqa: E402
 from model.preprocessing import load_image  # noqa: E402
@@ -338,4 +339,4 @@ def _fmt(value: float | None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

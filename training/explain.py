@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from model.checkpoint import LoadedModel, load_for_inference
+from model.cli import run
 from model.config import AUX_MODALITIES
 from model.preprocessing import load_image
 from model.saliency import aux_mask_for, explain, overlay_base64, overlay_png
@@ -144,4 +145,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from model.checkpoint import REQUIRED_KEYS, load_checkpoint, model_from_checkpoint, save_checkpoint
+from model.cli import run
 from model.config import AUX_MODALITIES
 from model.fusion_model import ATTENTION_TOKENS, FusionModel
 
@@ -108,4 +109,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -21,6 +21,7 @@ import torch
 
 from model import scoring
 from model.checkpoint import LoadedModel, load_for_inference
+from model.cli import run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,4 +64,4 @@ def result_block(answer: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -65,6 +65,7 @@ import cv2
 import numpy as np
 from numpy.typing import ArrayLike
 
+from model.cli import run
 from model.colorimetry import ita_band, ita_degrees
 from model.severity import LABELS, severity_index
 
@@ -565,12 +566,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     options = {f.name: getattr(args, f.name) for f in fields(SynthOptions)}
     start = time.perf_counter()
-    try:
-        out_dir = generate(args.out, args.n, args.seed, **options)
-    except (FileExistsError, NotADirectoryError, ValueError) as e:  # the user's to fix: no traceback
-        raise SystemExit(f"error: {e}") from None
+    out_dir = generate(args.out, args.n, args.seed, **options)  # a user's mistake: one line via model.cli.run
     print(summary_line(out_dir, time.perf_counter() - start))
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from model.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
+from model.cli import run
 from model.fusion_model import FusionModel
 from training import distributed
 from training.config import RunConfig, TrainConfig, load_config, save_config
@@ -404,4 +405,4 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from model.cli import run
 from model.colorimetry import VERSION, SegmentationError, measure
 from model.preprocessing import InputError, load_image
 from training.data import LABELS_FILE, find_images
@@ -146,14 +147,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        report = label_folder(args.data, args.source, args.out, args.overwrite)
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"weak_labels: {exc}") from None
+    report = label_folder(args.data, args.source, args.out, args.overwrite)  # a user's mistake: model.cli.run
     reasons = Counter(s["reason"] for s in report["skipped_lesions"])
     print(f"weak_labels: {report['labelled']} lesions labelled ({report['label_source']}) -> {report['labels']}; "
           f"skipped {report['skipped']} {dict(reasons) if reasons else ''}; report: {REPORT_FILE}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
