@@ -70,12 +70,14 @@ class PredictorOptions:
     threads: int = 0
     simulate_multispectral: bool = False
     max_pixels: int = DEFAULT_LIMITS.max_pixels
+    max_full_decode_pixels: int = DEFAULT_LIMITS.max_full_decode_pixels
     min_side: int = DEFAULT_LIMITS.min_side
     backend: str = "eager_fp32"
 
     @property
     def limits(self) -> ImageLimits:
-        return ImageLimits(max_pixels=self.max_pixels, min_side=self.min_side)
+        return ImageLimits(max_pixels=self.max_pixels, max_full_decode_pixels=self.max_full_decode_pixels,
+                           min_side=self.min_side)
 
 
 @dataclass(frozen=True)

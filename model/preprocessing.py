@@ -15,37 +15,52 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pillow_heif
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from model.config import MODALITIES, DataConfig
 
-SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP", "TIFF")
-"""Still-image formats we decode. Others (WebP, GIF, HEIC, ...) are refused with 415 rather than guessed at."""
+# HEIC/HEIF through libheif as a Pillow plugin (format "HEIF"). libheif applies the container's rotation and
+# mirroring (irot/imir) while decoding and pillow-heif then resets the EXIF orientation to 1, so the
+# exif_transpose in decode_image leaves a HEIC alone and never turns it twice. Thumbnails, depth and auxiliary
+# images (an iPhone's gain and depth maps) are never scored, so they are not even read. AVIF is Pillow's own
+# plugin (Pillow >= 11.3, libavif): it reports irot/imir as the EXIF orientation and leaves the pixels as
+# stored, so exif_transpose turns it like a JPEG.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
+SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "HEIF", "AVIF")
+"""Still-image formats we decode (MPO: the primary picture of a phone's multi-picture JPEG). Others (GIF, PDF,
+...) are refused with 415 rather than guessed at."""
+
+DRAFT_FORMATS: tuple[str, ...] = ("JPEG", "MPO")
+"""Formats whose decoder can decode at a reduced scale (JPEG's DCT scaling); every other format is decoded at
+full size, so its pixel count, not its byte count, is what a request costs (``ImageLimits.max_full_decode_pixels``)."""
 
 # Magic numbers of the formats we decode: bytes that start like one but do not open are a broken file (400).
-_SUPPORTED_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
+_SUPPORTED_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"BM", 0, "BMP"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+    (b"WEBP", 8, "WebP"),
+    *((b"ftyp" + brand, 4, "HEIF") for brand in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1",
+                                                  b"msf1")),
+    (b"ftypavif", 4, "AVIF"),
+    (b"ftypavis", 4, "AVIF"),
 )
 # Magic numbers of common non-image or unsupported uploads, so the error says what the bytes look like.
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"%PDF", 0, "a PDF document"),
     (b"PK\x03\x04", 0, "a ZIP archive"),
-    (b"ftypheic", 4, "a HEIC image"),
-    (b"ftypheix", 4, "a HEIC image"),
-    (b"ftypmif1", 4, "a HEIF image"),
-    (b"ftypavif", 4, "an AVIF image"),
-    (b"RIFF", 0, "a RIFF file (WebP?)"),
+    (b"RIFF", 0, "a RIFF file that is not WebP"),
     (b"GIF8", 0, "a GIF image"),
     (b"<!DOCTYPE", 0, "an HTML document"),
     (b"<html", 0, "an HTML document"),
@@ -66,7 +81,8 @@ class InputError(ValueError):
 class ImageLimits:
     """What an uploaded or training image may be. One place; the README's "Limits" table lists these."""
 
-    max_pixels: int = 64_000_000  # a 50 MP phone photo fits; a decompression bomb does not
+    max_pixels: int = 64_000_000  # JPEG/MPO (decoded reduced): a 50 MP phone photo fits; a decompression bomb does not
+    max_full_decode_pixels: int = 25_000_000  # formats decoded at full size: a 24 MP (5712x4284) HEIC fits
     min_side: int = 16
     formats: tuple[str, ...] = SUPPORTED_FORMATS
 
@@ -79,12 +95,14 @@ def decode_image(data: bytes, field: str = "image", limits: ImageLimits = DEFAUL
     """Decode one still image to an upright RGB ``PIL.Image``, or raise :class:`InputError` naming ``field``.
 
     Grayscale, RGBA/LA (alpha dropped), palette, CMYK and 16-bit images are converted to 8-bit RGB.
-    With ``draft_size``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8) that still has both sides
-    >= ``draft_size``: a 12 MP photo decodes at ~1/8 of the work. Use :func:`decode_for_model`, which takes the
+    An MPO (a phone's JPEG with extra pictures after it) is its primary picture. EXIF orientation is applied for
+    every format (a HEIC's container rotation by libheif, see the plugin note above). The pixel limits are checked
+    on the header before decoding. With ``draft_size``, a JPEG or MPO is decoded at the smallest DCT scale (1/2,
+    1/4 or 1/8) that still has both sides >= ``draft_size``: a 12 MP photo decodes at ~1/8 of the work. Use :func:`decode_for_model`, which takes the
     choice from the DataConfig so that training and serving decode alike.
     """
     if not data:
-        raise InputError(field, "is empty (0 bytes); send a JPEG, PNG, BMP or TIFF image")
+        raise InputError(field, f"is empty (0 bytes); send an image ({', '.join(limits.formats)})")
     supported = ", ".join(limits.formats)
     try:
         with warnings.catch_warnings():
@@ -92,28 +110,38 @@ def decode_image(data: bytes, field: str = "image", limits: ImageLimits = DEFAUL
             img = Image.open(io.BytesIO(bytes(data)))
     except Image.DecompressionBombError as exc:
         raise InputError(field, f"image is too large to decode ({exc}); the limit is {limits.max_pixels} pixels")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        fmt = next((name for magic, name in _SUPPORTED_SIGNATURES if bytes(data[:len(magic)]) == magic), None)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, RuntimeError):  # RuntimeError: libheif
+        head = bytes(data[:64])
+        fmt = next((name for magic, at, name in _SUPPORTED_SIGNATURES if head[at:at + len(magic)] == magic), None)
         if fmt:
             raise InputError(field, f"starts like a {fmt} image but cannot be decoded (truncated or corrupt)") from None
         raise InputError(field, f"is not a decodable image ({_sniff(data)}); supported formats: {supported}", 415)
     if img.format not in limits.formats:
         raise InputError(field, f"{img.format} images are not supported; supported formats: {supported}", 415)
     frames = getattr(img, "n_frames", 1)
-    if frames > 1:
+    if frames > 1 and img.format != "MPO":  # an MPO's other pictures (previews, gain or depth maps) are not scored
         raise InputError(field, f"has {frames} frames/pages; send a single still image")
-    width, height = img.size
-    if width * height > limits.max_pixels:
-        raise InputError(field, f"is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}")
-    if min(width, height) < limits.min_side:
-        raise InputError(field, f"is {width}x{height}; each side must be at least {limits.min_side} pixels")
-    if draft_size and img.format == "JPEG":
+    _check_size(img, field, limits)
+    if draft_size and img.format in DRAFT_FORMATS:
         img.draft("RGB", (draft_size, draft_size))
     try:
         img.load()
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt payloads surface here
+    except (OSError, SyntaxError, ValueError, RuntimeError) as exc:  # truncated or corrupt payloads surface here
         raise InputError(field, f"is a truncated or corrupt {img.format} image ({exc})") from None
     return _to_rgb(ImageOps.exif_transpose(img))
+
+
+def _check_size(img: Image.Image, field: str, limits: ImageLimits) -> None:
+    """Refuse from the header alone, before a pixel is decoded: too many pixels for the format, or too small."""
+    width, height = img.size
+    full_decode = img.format not in DRAFT_FORMATS
+    limit = limits.max_full_decode_pixels if full_decode else limits.max_pixels
+    if width * height > limit:
+        why = f" for {img.format}, which is decoded at full size (a JPEG may have {limits.max_pixels})" if full_decode else ""
+        raise InputError(field, f"is {width}x{height} = {width * height} pixels, over the limit of {limit}{why}; "
+                                f"send a smaller image")
+    if min(width, height) < limits.min_side:
+        raise InputError(field, f"is {width}x{height}; each side must be at least {limits.min_side} pixels")
 
 
 def decode_for_model(data: bytes, field: str, cfg: DataConfig, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:

@@ -15,9 +15,12 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import pillow_heif
 from PIL import Image
 
 from tests.images import image_bytes
+
+pillow_heif.register_heif_opener()  # the HEIF encoder, for the corpus's HEIC files
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,18 @@ def animated_gif() -> bytes:
     return buf.getvalue()
 
 
+def animated(fmt: str) -> bytes:
+    """Three frames written by the format's own encoder (an animated WebP or AVIF, or a HEIF image collection)."""
+    frames = [Image.fromarray(_pixels(seed=s)) for s in range(3)]
+    return encode(frames[0], fmt, save_all=True, append_images=frames[1:], **({"duration": 100} if fmt != "HEIF" else {}))
+
+
+def mpo_bytes() -> bytes:
+    """A phone-style MPO: the primary JPEG and a second picture after it (Pillow's MPO writer)."""
+    img = Image.fromarray(_pixels(seed=8))
+    return encode(img, "MPO", save_all=True, append_images=[img.resize((40, 32))])
+
+
 def zip_bytes() -> bytes:
     import zipfile
 
@@ -215,8 +230,13 @@ def cases() -> list[Case]:
         Case("jpeg declaring 65000x65000", 400, c, _clin(jpeg_declaring(65000, 65000))),
         Case("1x1 image", 400, c, _clin(encode(Image.new("RGB", (1, 1)), "PNG"))),
         Case("8x200 sliver", 400, c, _clin(encode(Image.new("RGB", (200, 8)), "PNG"))),
-        Case("heic renamed jpg", 415, c, _clin(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)),
-        Case("webp", 415, c, _clin(encode(Image.fromarray(px), "WEBP"))),
+        Case("heic container without an image", 400, c,
+             _clin(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)),
+        Case("truncated webp", 400, c, _clin(encode(Image.fromarray(px), "WEBP")[:80])),
+        Case("animated webp", 400, c, _clin(animated("WEBP"))),
+        Case("animated avif", 400, c, _clin(animated("AVIF"))),
+        Case("heif image collection", 400, c, _clin(animated("HEIF"))),
+        Case("png declaring 6000x5000 (30 MP, over the full-decode limit)", 400, c, _clin(png_declaring(6000, 5000))),
         Case("static gif", 415, c, _clin(encode(Image.fromarray(px).convert("P"), "GIF"))),
         Case("animated gif", 415, c, _clin(animated_gif())),
         Case("multi-page tiff", 400, c, _clin(multipage_tiff())),
@@ -241,6 +261,12 @@ def cases() -> list[Case]:
         Case("json empty object", 400, c, json_body=b"{}"),
         # inputs that must work
         *(Case(name, 200, parts=_clin(data)) for name, data in MUST_WORK.items()),
+        # the formats phones write (tests/test_formats.py checks they score like their pixels as PNG)
+        Case("webp", 200, parts=_clin(encode(Image.fromarray(px), "WEBP"))),
+        Case("lossless webp", 200, parts=_clin(encode(Image.fromarray(px), "WEBP", lossless=True))),
+        Case("heic", 200, parts=_clin(encode(Image.fromarray(px), "HEIF"))),
+        Case("avif", 200, parts=_clin(encode(Image.fromarray(px), "AVIF"))),
+        Case("mpo (a phone jpeg with a second picture)", 200, parts=_clin(mpo_bytes())),
         Case("progressive jpeg", 200, parts=_clin(encode(Image.fromarray(px), "JPEG", progressive=True))),
         Case("jpeg with trailing bytes", 200, parts=_clin(GOOD_JPEG + b"\x00trailing")),
         Case("json data url", 200, json_body=json.dumps({c: "data:image/png;base64," + b64(GOOD)}).encode()),

@@ -134,9 +134,11 @@ def test_multispectral_is_simulated_only_when_the_option_says_so(tiny_checkpoint
 
 
 def test_image_limits_come_from_the_options(tiny_checkpoint):
-    small = Predictor(tiny_checkpoint, PredictorOptions(max_pixels=50 * 50))
-    (answer,) = small.predict([{"clinical_image": image_bytes(1, size=80)}])
-    assert answer["status"] == 400 and answer["field"] == "clinical_image" and "2500" in answer["error"]
+    small = Predictor(tiny_checkpoint, PredictorOptions(max_pixels=50 * 50, max_full_decode_pixels=60 * 60))
+    (jpeg, png) = small.predict([{"clinical_image": image_bytes(1, size=80, fmt="JPEG")},
+                                 {"clinical_image": image_bytes(1, size=80)}])
+    assert jpeg["status"] == 400 and jpeg["field"] == "clinical_image" and "2500" in jpeg["error"]
+    assert png["status"] == 400 and png["field"] == "clinical_image" and "3600" in png["error"]
 
 
 def test_options_reject_unknown_keys_with_the_valid_ones():
