@@ -69,7 +69,7 @@ NAMES = list(cases({k: Path(k) for k in ("root", "gif", "foreign", "config", "a_
 @pytest.mark.parametrize("name", NAMES)
 def test_a_user_error_exits_2_with_one_line_naming_it_and_no_traceback(files, tiny_checkpoint, name):
     command, named = cases(files, tiny_checkpoint)[name]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
     lines = result.stderr.splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1, result.stderr
@@ -78,7 +78,7 @@ def test_a_user_error_exits_2_with_one_line_naming_it_and_no_traceback(files, ti
 
 def test_a_bug_still_shows_its_traceback():
     code = "from model.cli import run\ndef main():\n    raise KeyError('a bug')\nrun(main)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
     assert result.returncode == 1 and "Traceback" in result.stderr and "KeyError" in result.stderr
 
 
@@ -92,9 +92,10 @@ def test_scripts_use_python_from_path_without_a_venv_and_honour_PYTHON(tmp_path)
     (bin_dir / "python").symlink_to(sys.executable)
     show = f'ROOT={fake_root}; source {fake_root}/scripts/python.sh; echo "$PY"'
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
-    from_path = subprocess.run(["bash", "-c", show], capture_output=True, text=True, env=env)
+    from_path = subprocess.run(["bash", "-c", show], capture_output=True, text=True, env=env, check=False)
     assert from_path.stdout.strip() == str(bin_dir / "python"), from_path.stderr
-    chosen = subprocess.run(["bash", "-c", show], capture_output=True, text=True, env={**env, "PYTHON": "/opt/py"})
+    chosen = subprocess.run(["bash", "-c", show], capture_output=True, text=True, env={**env, "PYTHON": "/opt/py"},
+                            check=False)
     assert chosen.stdout.strip() == "/opt/py"
     for script in ("build_mar.sh", "start_server.sh", "stop_server.sh", "scale_workers.sh", "quickstart.sh"):
         assert 'source "$ROOT/scripts/python.sh"' in (ROOT / "scripts" / script).read_text(), script

@@ -17,12 +17,27 @@ from PIL import Image
 
 from handler.predictor import Predictor, PredictorOptions
 from model.checkpoint import load_for_inference
-from model.preprocessing import ImageLimits, InputError, decode_image, preprocess_bytes
+from model.preprocessing import (
+    ImageLimits,
+    InputError,
+    decode_image,
+    preprocess_bytes,
+    preprocess_path,
+)
 from scripts.grpc_client import GrpcClient, encode_request
 from tests.conftest import TINY_DATA_CFG
-from tests.phone_photos import FORMATS, HEIGHT, WIDTH, decoded_upright, marks_are_upright, phone_photo, png, \
-    upright_pixels
+from tests.phone_photos import (
+    FORMATS,
+    HEIGHT,
+    WIDTH,
+    decoded_upright,
+    marks_are_upright,
+    phone_photo,
+    png,
+    upright_pixels,
+)
 from tests.torchserve_harness import java_available
+from training.data import index_dataset
 from training.infer_single import predict_files
 
 FORMAT_NAMES = list(FORMATS)
@@ -140,3 +155,15 @@ def test_rest_and_grpc_score_every_phone_format_like_its_pixels_as_png(served, r
                                                    served.key("inference"), 120)
         assert (status, error) == (200, ""), fmt
         _same(json.loads(answer), references[fmt]["answer"])
+
+
+def test_a_dataset_folder_of_phone_formats_is_indexed_and_decoded(tmp_path):
+    for folder in ("clinical", "dermoscopy"):
+        (tmp_path / folder / "images").mkdir(parents=True)
+    small = {fmt: Image.fromarray(decoded_upright(phone_photo(fmt), 64)).resize((96, 72)) for fmt in ("HEIF", "WEBP")}
+    small["HEIF"].save(tmp_path / "clinical/images/a.HEIC", format="HEIF")
+    small["WEBP"].save(tmp_path / "dermoscopy/images/a.webp", format="WEBP")
+    (tmp_path / "labels.csv").write_text("lesion_id,score\na,0.5\n")
+    (lesion,) = index_dataset(tmp_path).lesions
+    assert (lesion.clinical.name, lesion.dermoscopy.name) == ("a.HEIC", "a.webp")
+    assert preprocess_path(lesion.clinical, "clinical", TINY_DATA_CFG).shape == (3, 64, 64)
