@@ -134,7 +134,7 @@ def measure(server: LocalTorchServe, fmt: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.worst_case_formats", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint to serve (e.g. runs/demo/best_model.pth)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="what to serve, e.g. runs/demo/best_model.pth")
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)

@@ -81,7 +81,7 @@ class InputError(ValueError):
 class ImageLimits:
     """What an uploaded or training image may be. One place; the README's "Limits" table lists these."""
 
-    max_pixels: int = 64_000_000  # JPEG/MPO (decoded reduced): a 50 MP phone photo fits; a decompression bomb does not
+    max_pixels: int = 64_000_000  # JPEG/MPO (draft-decoded): a 50 MP phone photo fits, a decompression bomb not
     max_full_decode_pixels: int = 25_000_000  # formats decoded at full size: a 24 MP (5712x4284) HEIC fits
     min_side: int = 16
     formats: tuple[str, ...] = SUPPORTED_FORMATS
@@ -98,8 +98,8 @@ def decode_image(data: bytes, field: str = "image", limits: ImageLimits = DEFAUL
     An MPO (a phone's JPEG with extra pictures after it) is its primary picture. EXIF orientation is applied for
     every format (a HEIC's container rotation by libheif, see the plugin note above). The pixel limits are checked
     on the header before decoding. With ``draft_size``, a JPEG or MPO is decoded at the smallest DCT scale (1/2,
-    1/4 or 1/8) that still has both sides >= ``draft_size``: a 12 MP photo decodes at ~1/8 of the work. Use :func:`decode_for_model`, which takes the
-    choice from the DataConfig so that training and serving decode alike.
+    1/4 or 1/8) that still has both sides >= ``draft_size``: a 12 MP photo decodes at ~1/8 of the work. Use
+    :func:`decode_for_model`, which takes the choice from the DataConfig so that training and serving decode alike.
     """
     if not data:
         raise InputError(field, f"is empty (0 bytes); send an image ({', '.join(limits.formats)})")
@@ -137,9 +137,9 @@ def _check_size(img: Image.Image, field: str, limits: ImageLimits) -> None:
     full_decode = img.format not in DRAFT_FORMATS
     limit = limits.max_full_decode_pixels if full_decode else limits.max_pixels
     if width * height > limit:
-        why = f" for {img.format}, which is decoded at full size (a JPEG may have {limits.max_pixels})" if full_decode else ""
-        raise InputError(field, f"is {width}x{height} = {width * height} pixels, over the limit of {limit}{why}; "
-                                f"send a smaller image")
+        why = f" for {img.format}, which is decoded at full size (a JPEG may have {limits.max_pixels})"
+        raise InputError(field, f"is {width}x{height} = {width * height} pixels, over the limit of {limit}"
+                                f"{why if full_decode else ''}; send a smaller image")
     if min(width, height) < limits.min_side:
         raise InputError(field, f"is {width}x{height}; each side must be at least {limits.min_side} pixels")
 

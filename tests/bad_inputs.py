@@ -140,7 +140,8 @@ def animated_gif() -> bytes:
 def animated(fmt: str) -> bytes:
     """Three frames written by the format's own encoder (an animated WebP or AVIF, or a HEIF image collection)."""
     frames = [Image.fromarray(_pixels(seed=s)) for s in range(3)]
-    return encode(frames[0], fmt, save_all=True, append_images=frames[1:], **({"duration": 100} if fmt != "HEIF" else {}))
+    timing = {"duration": 100} if fmt != "HEIF" else {}
+    return encode(frames[0], fmt, save_all=True, append_images=frames[1:], **timing)
 
 
 def mpo_bytes() -> bytes:
@@ -236,7 +237,8 @@ def cases() -> list[Case]:
         Case("animated webp", 400, c, _clin(animated("WEBP"))),
         Case("animated avif", 400, c, _clin(animated("AVIF"))),
         Case("heif image collection", 400, c, _clin(animated("HEIF"))),
-        Case("png declaring 6000x5000 (30 MP, over the full-decode limit)", 400, c, _clin(png_declaring(6000, 5000))),
+        Case("png declaring 6000x5000 (30 MP: over the full-decode limit)", 400, c,
+             _clin(png_declaring(6000, 5000))),
         Case("static gif", 415, c, _clin(encode(Image.fromarray(px).convert("P"), "GIF"))),
         Case("animated gif", 415, c, _clin(animated_gif())),
         Case("multi-page tiff", 400, c, _clin(multipage_tiff())),

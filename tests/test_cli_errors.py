@@ -78,7 +78,8 @@ def test_a_user_error_exits_2_with_one_line_naming_it_and_no_traceback(files, ti
 
 def test_a_bug_still_shows_its_traceback():
     code = "from model.cli import run\ndef main():\n    raise KeyError('a bug')\nrun(main)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                            check=False)
     assert result.returncode == 1 and "Traceback" in result.stderr and "KeyError" in result.stderr
 
 
