@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from model.config import MODALITIES
+from model.cpu import bf16_units
 from model.fusion_model import FusionModel
 from model.swin_encoder import SwinEncoder
 
@@ -51,7 +52,7 @@ def available_backends(device: str | torch.device = "cpu") -> tuple[str, ...]:
     for name in BACKENDS:
         if (device.type != "cpu" and name in CPU_ONLY) or (device.type == "cpu" and name in GPU_ONLY):
             continue
-        if name == "eager_bf16" and device.type == "cpu" and not _cpu_has_bf16():
+        if name == "eager_bf16" and device.type == "cpu" and not bf16_units():
             continue
         if name == "openvino_bf16" and not _openvino_installed():
             continue
@@ -172,7 +173,7 @@ class OpenVINOEncoder(nn.Module):
             ov_model = ov.convert_model(encoder, example_input=example,
                                         input=[ov.PartialShape([-1, 3, image_size, image_size])])
         config = {
-            hints.inference_precision: "bf16" if _cpu_has_bf16() else "f32",
+            hints.inference_precision: "bf16" if bf16_units() else "f32",
             hints.performance_mode: hints.PerformanceMode.LATENCY,
             props.num_streams: 1,  # one request at a time per worker: TorchServe already batches for us
             props.inference_num_threads: int(threads),
@@ -188,15 +189,6 @@ class OpenVINOEncoder(nn.Module):
         array = images.detach().to("cpu", torch.float32).contiguous().numpy()
         result = self.request.infer({0: array}, share_inputs=True)
         return torch.from_numpy(result[0].copy()).to(images.device)
-
-
-def _cpu_has_bf16() -> bool:
-    """Whether the CPU runs bf16 matmuls natively (AVX-512 bf16 or AMX); otherwise bf16 is slow emulation."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _openvino_installed() -> bool:

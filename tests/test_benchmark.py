@@ -1,4 +1,4 @@
-"""The benchmark's own machinery (scripts/benchmark.py, scripts/cpu_meter.py): what it measures must be right.
+"""The benchmark's own machinery (the benchmarks package): what it measures must be right.
 
 The benchmark itself runs for minutes on real-size models (`make benchmark`); these tests check its parts on the
 tiny model and on this test process: CPU accounting, the paired offline/served rounds, the readout fit that makes
@@ -11,12 +11,14 @@ import time
 
 import pytest
 
+from benchmarks.cpu_meter import CpuMeter, jvm_thread_cpu, jvm_thread_kind
+from benchmarks.loadgen import Result, load_summary, steady_rate
+from benchmarks.readout import fit_readout, scores
+from benchmarks.report import summarize
+from benchmarks.stats import paired_rounds
+from benchmarks.workload import Variant
 from handler.predictor import Predictor
 from model.severity import severity_label
-from scripts.benchmark import Variant, _scores, fit_readout, load_summary, paired_rounds, steady_rate
-from scripts.benchmark_report import summarize
-from scripts.cpu_meter import CpuMeter, jvm_thread_cpu, jvm_thread_kind
-from scripts.loadgen import Result
 from tests.images import SUBSETS, request_for
 
 
@@ -136,9 +138,9 @@ def test_fitting_the_readout_spreads_scores_over_all_three_severity_bands(tiny_c
     predictor = Predictor(tiny_checkpoint)
     bodies = [request_for(SUBSETS[i % len(SUBSETS)], seed=700 + i) for i in range(32)]
     labels = [0.05 + 0.9 * i / 31 for i in range(32)]
-    before = _scores(predictor, bodies)
+    before = scores(predictor, bodies)
     fit = fit_readout(predictor, bodies, labels)
-    after = _scores(predictor, bodies)
+    after = scores(predictor, bodies)
     assert max(before) - min(before) < 0.1  # a random head: every score in one narrow range
     assert {severity_label(s) for s in after} == {"Mild", "Moderate", "Severe"}
     assert fit["fit_corr"] > 0.5 and fit["score_range_after"] == [round(min(after), 4), round(max(after), 4)]
