@@ -53,6 +53,17 @@ gRPC stay on loopback; model_snapshot is added."""
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return lay_out(args)
+    except (FileNotFoundError, ValueError) as exc:  # a missing or unservable checkpoint, a batchSize > 1 archive
+        print(f"kserve/layout.py: {exc}", file=sys.stderr)
+        return 2
+
+
+def lay_out(args: argparse.Namespace) -> int:
+    """Fill ``args.storage`` (see the module docstring)."""
+    if not Path(args.source).is_file():
+        raise FileNotFoundError(f"{args.source}: no such checkpoint or archive")
     storage = Path(args.storage)
     (storage / "config").mkdir(parents=True, exist_ok=True)
     (storage / "model-store").mkdir(parents=True, exist_ok=True)
