@@ -1,4 +1,4 @@
-"""TorchServe runs and the design-style baseline under load: archive, start, first answer, warm-up, concurrency 1
+"""TorchServe runs and the one-at-a-time baseline under load: archive, start, first answer, warm-up, concurrency 1
 and 8 over REST (and gRPC), the CPU every process spends per answered request, and TorchServe's own metrics."""
 
 from __future__ import annotations

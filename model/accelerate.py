@@ -1,10 +1,10 @@
 """Fast inference paths for a loaded FusionModel, chosen by name; the model's signature and outputs stay the same.
 
-Only the three Swin encoders are accelerated: they are 26.9 of the 26.9 GFLOP of a three-modality request, while
-the cross-attention and the head are a few hundred kFLOP. :func:`accelerate` swaps each ``model.encoders[m]`` for
-a module with the same contract (``[B, 3, S, S]`` float32 -> ``[B, D]`` float32) and leaves ``FusionModel``'s
-masking untouched, so mixed modality subsets still encode only their present rows (an encoder sees any batch size
-1..max_batch) and every sample's score equals its score alone.
+Only the three Swin encoders are accelerated: they are nearly all of a request's arithmetic, while the
+cross-attention and the head are tiny (docs/performance_notes.md has the FLOP counts). :func:`accelerate` swaps
+each ``model.encoders[m]`` for a module with the same contract (``[B, 3, S, S]`` float32 -> ``[B, D]`` float32)
+and leaves ``FusionModel``'s masking untouched, so mixed modality subsets still encode only their present rows
+(an encoder sees any batch size 1..max_batch) and every sample's score equals its score alone.
 
 Backends (``BACKENDS``):
 
@@ -13,8 +13,8 @@ Backends (``BACKENDS``):
 * ``eager_fp16``: the same in fp16, CUDA only (for GPUs without fast bf16).
 * ``compile_bf16``: ``torch.compile`` (inductor, weight freezing) under bf16 autocast, CPU. The batch dimension
   is dynamic, so one compile serves batches 2..max_batch and a second one batch 1 (dynamo specialises size 1):
-  two compiles per encoder instead of one per batch size. Each is ~40 s for Swin-T on 2 cores, so warm-up takes
-  minutes: usable, but slow to start a TorchServe worker.
+  two compiles per encoder instead of one per batch size. Compiling takes minutes of warm-up
+  (docs/performance_notes.md): usable, but slow to start a TorchServe worker.
 * ``openvino_bf16``: each encoder converted from the torch module to OpenVINO with a dynamic batch dimension and
   compiled for the CPU with bf16 inference precision, one stream, ``threads`` threads and thread pinning off
   (OpenVINO pins its threads to cores by default, which stacks two workers' threads on the same core). A few

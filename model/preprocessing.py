@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
