@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = ("model", "handler", "training", "serving", "benchmarks", "tests", "scripts", "kserve")
+OURS = ("model", "handler", "training", "serving", "benchmarks", "web", "tests", "scripts", "kserve")
 
 
 def _imported_packages(modules: list[str]) -> set[str]:
