@@ -190,3 +190,27 @@ def test_summary_checks_the_grpc_arm_on_its_own_rounds():
 def test_summary_fails_a_target_that_is_missed(ratios, flips, max_diff, failed):
     checks = summarize(_results(ratios, flips, max_diff))["checks"]
     assert not checks[failed] and all(ok for name, ok in checks.items() if name != failed)
+
+
+def test_the_accuracy_check_holds_every_backend_that_ran_to_the_tolerance():
+    from benchmarks.accuracy import within_tolerance
+
+    ok = {"max_abs_score_diff": 0.004, "severity_agreement": 1.0}
+    assert within_tolerance({"lesions": 96, "eager_bf16": ok, "openvino_bf16": {"skipped": "not installed"}})
+    assert not within_tolerance({"lesions": 96, "eager_bf16": ok,
+                                 "openvino_bf16": {"max_abs_score_diff": 0.012, "severity_agreement": 1.0}})
+    assert not within_tolerance({"lesions": 96, "eager_bf16": {**ok, "severity_agreement": 0.98}})
+    assert not within_tolerance({"lesions": 96, "eager_bf16": {"skipped": "no bf16 units"}})  # nothing checked
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint", "no/such.pth"], "no/such.pth does not exist"),
+    (["--checkpoint", "README.md", "--backends", "eager_bf16,fast_magic"], "unknown fast_magic"),
+])
+def test_the_accuracy_command_refuses_bad_arguments_in_one_line(args, message):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "benchmarks.accuracy", *args], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
