@@ -58,7 +58,9 @@ def test_the_serving_set_leaves_out_tests_lint_training_and_benchmarks():
 
 
 def test_requirements_txt_is_every_set_with_the_same_constraints():
-    listed = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    """requirements.txt and requirements-dev.txt (which includes it with ``-r``) together."""
+    text = (ROOT / "requirements.txt").read_text() + (ROOT / "requirements-dev.txt").read_text()
+    listed = [line.split("#")[0].strip() for line in text.splitlines() if not line.startswith("-r ")]
     sets = [PROJECT["dependencies"], *PROJECT["optional-dependencies"].values()]
     declared = [r for group in sets for r in group if not r.startswith(f"{PROJECT['name']}[")]
     assert sorted(filter(None, listed)) == sorted(declared)
