@@ -4,14 +4,17 @@ DEMO_DATA := data/demo
 DEMO_RUN := runs/demo
 STORE := model_store
 
-.PHONY: setup test serve stop soak benchmark test-kserve clean help
+.PHONY: setup test serve stop soak benchmark accuracy lint test-kserve clean help
 
 help:
 	@echo "make serve  - set up, generate demo data, train the demo model, build pigment.mar, serve it"
 	@echo "make test   - set up and run the test suite (includes real TorchServe tests)"
 	@echo "make stop   - stop the TorchServe started by make serve"
 	@echo "make soak   - long reliability run (load, soak, faults) against a real TorchServe"
-	@echo "make benchmark   - performance benchmark: design baseline vs offline vs served (docs/performance.md)"
+	@echo "make benchmark   - performance benchmark: baseline vs offline vs served (runs/benchmark/report;"
+	@echo "                   python -m benchmarks --update-docs refreshes docs/performance.md)"
+	@echo "make accuracy    - every fast backend of the demo model against eager fp32 (minutes)"
+	@echo "make lint        - ruff over the tree (pyproject.toml [tool.ruff])"
 	@echo "make test-kserve - the KServe-native predictor's tests in their own .venv-kserve"
 
 setup:
@@ -33,7 +36,14 @@ soak: setup
 
 benchmark: setup
 	bash scripts/quickstart.sh --model-only
-	$(PY) scripts/benchmark.py
+	$(PY) -m benchmarks
+
+accuracy: setup
+	bash scripts/quickstart.sh --model-only
+	$(PY) -m benchmarks.accuracy --checkpoint $(DEMO_RUN)/best_model.pth
+
+lint: setup
+	$(PY) -m ruff check .
 
 test-kserve: setup
 	bash kserve/setup_venv.sh

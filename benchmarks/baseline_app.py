@@ -1,10 +1,11 @@
-"""The design's serving, rebuilt as a yardstick: one request at a time, eager fp32, full-resolution decode.
+"""A yardstick server: one request at a time, eager fp32, full-resolution decode (how a first, unoptimised
+serving of this model would work).
 
 A stdlib ``http.server`` (single-threaded: requests queue in the socket backlog) answering
 ``POST /predictions/pigment`` with multipart fields ``clinical_image`` (required), ``dermoscopy_image`` and
 ``multispectral_image``, like the product. Each image is decoded at full size (no JPEG draft), resized and
 normalised by the same ``model.preprocessing`` code, and the checkpoint's model runs eagerly in fp32 at batch 1.
-It exists only so that scripts/benchmark.py can compare the product with the design in one run.
+It exists only so that the benchmark (benchmarks/run.py) can compare the product with it in one run.
 
     python -m benchmarks.baseline_app --checkpoint ckpt.pth --port 8090
 """

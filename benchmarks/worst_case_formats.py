@@ -9,7 +9,7 @@ bytes sent are tiny and the decoded pixels are the whole cost. Each request carr
 dermoscopy, multispectral); 16 such requests are sent at once. BMP is left out: uncompressed, it cannot reach the
 pixel limit inside the 32 MiB body limit (TorchServe's frontend answers 413 before a worker sees it).
 
-The server is scripts/local_torchserve.py on free loopback ports with the shipped serve_config/model-config.yaml
+The server is serving/torchserve.py on free loopback ports with the shipped serve_config/model-config.yaml
 (workers, batch size, backend). Per format it records the statuses, the slowest answer, each worker's peak
 resident memory over its resident memory before the burst (sampled every 50 ms) and after it, and whether a
 worker was restarted (its pid or start time changed). Prints one line per format and writes the JSON.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import subprocess
 import tempfile
 import threading
 import time
@@ -33,7 +32,8 @@ from PIL import Image
 
 from model.cli import run
 from model.preprocessing import DEFAULT_LIMITS, DRAFT_FORMATS
-from scripts.local_torchserve import LocalTorchServe, Ports
+from serving.archive import build_mar
+from serving.torchserve import LocalTorchServe, Ports
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMATS: dict[str, dict] = {  # Pillow format -> encoder options for the smallest file
@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint; train one with `python -m training.train`")
     with tempfile.TemporaryDirectory(prefix="pigment-worst-") as tmp:
         store = Path(tmp) / "model_store"
-        subprocess.run(["bash", str(ROOT / "scripts" / "build_mar.sh"), str(args.checkpoint), str(store)],
-                       check=True, capture_output=True)
+        build_mar(args.checkpoint, store)
         server = LocalTorchServe(store, Path(tmp) / "run", Ports.free())
         results = []
         try:

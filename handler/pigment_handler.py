@@ -25,6 +25,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler import kserve_v2
 from handler.predictor import Failure, Predictor, PredictorOptions, repeated_part_failure
 from model.config import from_dict
+from model.cpu import threads_per_worker
 from model.scoring import Sample
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class PigmentHandler(BaseHandler):
         properties = context.system_properties
         model_yaml = context.model_yaml_config or {}
         options = from_dict(PredictorOptions, model_yaml.get("handler"), "handler")
-        threads = options.threads or _threads_per_worker(model_yaml.get("maxWorkers", 1))
+        threads = threads_per_worker(int(model_yaml.get("maxWorkers", 1)), options.threads)
         torch.set_num_threads(threads)
         self.device = _device(properties.get("gpu_id"))
         checkpoint = os.path.join(properties["model_dir"], self.manifest["model"]["serializedFile"])
@@ -114,8 +115,3 @@ def _device(gpu_id: int | None) -> torch.device:
         return torch.device(f"cuda:{gpu_id}")
     return torch.device("cpu")
 
-
-def _threads_per_worker(max_workers: int) -> int:
-    """Torch threads per worker so that ``maxWorkers`` workers together use at most the cores we may run on."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // max(1, int(max_workers)))

@@ -1,10 +1,10 @@
 """Fast inference paths for a loaded FusionModel, chosen by name; the model's signature and outputs stay the same.
 
-Only the three Swin encoders are accelerated: they are 26.9 of the 26.9 GFLOP of a three-modality request, while
-the cross-attention and the head are a few hundred kFLOP. :func:`accelerate` swaps each ``model.encoders[m]`` for
-a module with the same contract (``[B, 3, S, S]`` float32 -> ``[B, D]`` float32) and leaves ``FusionModel``'s
-masking untouched, so mixed modality subsets still encode only their present rows (an encoder sees any batch size
-1..max_batch) and every sample's score equals its score alone.
+Only the three Swin encoders are accelerated: they are nearly all of a request's arithmetic, while the
+cross-attention and the head are tiny (docs/performance_notes.md has the FLOP counts). :func:`accelerate` swaps
+each ``model.encoders[m]`` for a module with the same contract (``[B, 3, S, S]`` float32 -> ``[B, D]`` float32)
+and leaves ``FusionModel``'s masking untouched, so mixed modality subsets still encode only their present rows
+(an encoder sees any batch size 1..max_batch) and every sample's score equals its score alone.
 
 Backends (``BACKENDS``):
 
@@ -13,8 +13,8 @@ Backends (``BACKENDS``):
 * ``eager_fp16``: the same in fp16, CUDA only (for GPUs without fast bf16).
 * ``compile_bf16``: ``torch.compile`` (inductor, weight freezing) under bf16 autocast, CPU. The batch dimension
   is dynamic, so one compile serves batches 2..max_batch and a second one batch 1 (dynamo specialises size 1):
-  two compiles per encoder instead of one per batch size. Each is ~40 s for Swin-T on 2 cores, so warm-up takes
-  minutes: usable, but slow to start a TorchServe worker.
+  two compiles per encoder instead of one per batch size. Compiling takes minutes of warm-up
+  (docs/performance_notes.md): usable, but slow to start a TorchServe worker.
 * ``openvino_bf16``: each encoder converted from the torch module to OpenVINO with a dynamic batch dimension and
   compiled for the CPU with bf16 inference precision, one stream, ``threads`` threads and thread pinning off
   (OpenVINO pins its threads to cores by default, which stacks two workers' threads on the same core). A few
@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from model.config import MODALITIES
+from model.cpu import bf16_units
 from model.fusion_model import FusionModel
 from model.swin_encoder import SwinEncoder
 
@@ -51,7 +52,7 @@ def available_backends(device: str | torch.device = "cpu") -> tuple[str, ...]:
     for name in BACKENDS:
         if (device.type != "cpu" and name in CPU_ONLY) or (device.type == "cpu" and name in GPU_ONLY):
             continue
-        if name == "eager_bf16" and device.type == "cpu" and not _cpu_has_bf16():
+        if name == "eager_bf16" and device.type == "cpu" and not bf16_units():
             continue
         if name == "openvino_bf16" and not _openvino_installed():
             continue
@@ -172,7 +173,7 @@ class OpenVINOEncoder(nn.Module):
             ov_model = ov.convert_model(encoder, example_input=example,
                                         input=[ov.PartialShape([-1, 3, image_size, image_size])])
         config = {
-            hints.inference_precision: "bf16" if _cpu_has_bf16() else "f32",
+            hints.inference_precision: "bf16" if bf16_units() else "f32",
             hints.performance_mode: hints.PerformanceMode.LATENCY,
             props.num_streams: 1,  # one request at a time per worker: TorchServe already batches for us
             props.inference_num_threads: int(threads),
@@ -188,15 +189,6 @@ class OpenVINOEncoder(nn.Module):
         array = images.detach().to("cpu", torch.float32).contiguous().numpy()
         result = self.request.infer({0: array}, share_inputs=True)
         return torch.from_numpy(result[0].copy()).to(images.device)
-
-
-def _cpu_has_bf16() -> bool:
-    """Whether the CPU runs bf16 matmuls natively (AVX-512 bf16 or AMX); otherwise bf16 is slow emulation."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _openvino_installed() -> bool:

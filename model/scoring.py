@@ -28,8 +28,14 @@ from torch import Tensor, nn
 from model.answer import format_answer
 from model.checkpoint import LoadedModel
 from model.config import AUX_MODALITIES, MODALITIES, DataConfig
-from model.preprocessing import (DEFAULT_LIMITS, ImageLimits, InputError, decode_for_model, image_to_tensor,
-                                 simulation_source)
+from model.preprocessing import (
+    DEFAULT_LIMITS,
+    ImageLimits,
+    InputError,
+    decode_for_model,
+    image_to_tensor,
+    simulation_source,
+)
 
 
 @dataclass

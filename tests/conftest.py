@@ -3,19 +3,14 @@ real TorchServe serving that checkpoint for every end-to-end test file of the se
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from model.checkpoint import build_checkpoint, save_checkpoint  # noqa: E402
-from model.config import DataConfig, ModelConfig, SeverityConfig  # noqa: E402
-from model.fusion_model import FusionModel  # noqa: E402
+from model.checkpoint import build_checkpoint, save_checkpoint
+from model.config import DataConfig, ModelConfig, SeverityConfig
+from model.fusion_model import FusionModel
 
 TINY_BACKBONE = {"window_size": 4, "embed_dim": 32, "depths": (1, 1), "num_heads": (1, 2)}
 TINY_MODEL_CFG = ModelConfig(backbone_kwargs=TINY_BACKBONE, head_hidden=(32, 16))

@@ -4,7 +4,7 @@ three severity bands.
 The bar (issues 5 and 15): max |d score| <= 0.01 against eager fp32, the same severity for >= 99 % of lesions, a
 Spearman correlation >= 0.99 and no systematic offset, on a cohort that includes lesions within a hair of each band
 edge. A tiny random model puts every score within ~0.02 of 0.56 (one band), where "same severity" cannot fail and a
-small systematic error passes; so, as scripts/benchmark.py does at real size, the head's last layer is refitted
+small systematic error passes; so, as benchmarks/readout.py does at real size, the head's last layer is refitted
 here so that the scores spread over all three bands. Attention is compared on lesions with one or two auxiliary
 modalities, the only ones whose weights are not fixed by the mask. The compiled path compiles 3 encoders x 2 graphs
 even for the tiny model (~50 s on 2 cores), so it runs only with PIGMENT_SLOW_TESTS=1.

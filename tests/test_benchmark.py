@@ -1,4 +1,4 @@
-"""The benchmark's own machinery (scripts/benchmark.py, scripts/cpu_meter.py): what it measures must be right.
+"""The benchmark's own machinery (the benchmarks package): what it measures must be right.
 
 The benchmark itself runs for minutes on real-size models (`make benchmark`); these tests check its parts on the
 tiny model and on this test process: CPU accounting, the paired offline/served rounds, the readout fit that makes
@@ -11,12 +11,14 @@ import time
 
 import pytest
 
+from benchmarks.cpu_meter import CpuMeter, jvm_thread_cpu, jvm_thread_kind
+from benchmarks.loadgen import Result, load_summary, steady_rate
+from benchmarks.readout import fit_readout, scores
+from benchmarks.report import summarize
+from benchmarks.stats import paired_rounds
+from benchmarks.workload import Variant
 from handler.predictor import Predictor
 from model.severity import severity_label
-from scripts.benchmark import Variant, _scores, fit_readout, load_summary, paired_rounds, steady_rate
-from scripts.benchmark_report import summarize
-from scripts.cpu_meter import CpuMeter, jvm_thread_cpu, jvm_thread_kind
-from scripts.loadgen import Result
 from tests.images import SUBSETS, request_for
 
 
@@ -136,9 +138,9 @@ def test_fitting_the_readout_spreads_scores_over_all_three_severity_bands(tiny_c
     predictor = Predictor(tiny_checkpoint)
     bodies = [request_for(SUBSETS[i % len(SUBSETS)], seed=700 + i) for i in range(32)]
     labels = [0.05 + 0.9 * i / 31 for i in range(32)]
-    before = _scores(predictor, bodies)
+    before = scores(predictor, bodies)
     fit = fit_readout(predictor, bodies, labels)
-    after = _scores(predictor, bodies)
+    after = scores(predictor, bodies)
     assert max(before) - min(before) < 0.1  # a random head: every score in one narrow range
     assert {severity_label(s) for s in after} == {"Mild", "Moderate", "Severe"}
     assert fit["fit_corr"] > 0.5 and fit["score_range_after"] == [round(min(after), 4), round(max(after), 4)]
@@ -188,3 +190,27 @@ def test_summary_checks_the_grpc_arm_on_its_own_rounds():
 def test_summary_fails_a_target_that_is_missed(ratios, flips, max_diff, failed):
     checks = summarize(_results(ratios, flips, max_diff))["checks"]
     assert not checks[failed] and all(ok for name, ok in checks.items() if name != failed)
+
+
+def test_the_accuracy_check_holds_every_backend_that_ran_to_the_tolerance():
+    from benchmarks.accuracy import within_tolerance
+
+    ok = {"max_abs_score_diff": 0.004, "severity_agreement": 1.0}
+    assert within_tolerance({"lesions": 96, "eager_bf16": ok, "openvino_bf16": {"skipped": "not installed"}})
+    assert not within_tolerance({"lesions": 96, "eager_bf16": ok,
+                                 "openvino_bf16": {"max_abs_score_diff": 0.012, "severity_agreement": 1.0}})
+    assert not within_tolerance({"lesions": 96, "eager_bf16": {**ok, "severity_agreement": 0.98}})
+    assert not within_tolerance({"lesions": 96, "eager_bf16": {"skipped": "no bf16 units"}})  # nothing checked
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint", "no/such.pth"], "no/such.pth does not exist"),
+    (["--checkpoint", "README.md", "--backends", "eager_bf16,fast_magic"], "unknown fast_magic"),
+])
+def test_the_accuracy_command_refuses_bad_arguments_in_one_line(args, message):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "benchmarks.accuracy", *args], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

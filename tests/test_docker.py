@@ -60,9 +60,12 @@ def read_properties(text: str) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def container_config() -> str:
-    """The config.properties the Dockerfiles assemble: serve_config's, then docker/container.properties."""
-    return (ROOT / "serve_config" / "config.properties").read_text() + (DOCKER / "container.properties").read_text()
+def container_config(tmp_path: Path) -> str:
+    """The config.properties the Dockerfiles write, by the command they run."""
+    out = tmp_path / "config.properties"
+    subprocess.run([sys.executable, "-m", "serving.properties", str(ROOT / "serve_config" / "config.properties"),
+                    str(DOCKER / "container.properties"), "-o", str(out)], cwd=ROOT, check=True)
+    return out.read_text()
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -108,15 +111,23 @@ def test_the_image_runs_as_model_server_with_the_entrypoint_health_check_and_ser
     assert ("ARG", "BASE_IMAGE=pytorch/torchserve:0.12.0-cpu") in ops
 
 
-def test_requirements_come_from_the_repository_pins():
-    text = DOCKERFILES[0].read_text()
-    assert "COPY requirements.txt" in text and "-r /tmp/pigment/requirements.txt" in text
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_image_installs_the_serving_set_of_pyproject_only(dockerfile):
+    installs = [args for op, args in instructions(dockerfile) if op == "RUN" and "uv pip install" in args]
+    assert len(installs) == 1
+    commands = [c.strip() for c in installs[0].split("&&") if "uv pip install" in c]
+    assert commands[-1].endswith("-r /tmp/pigment/pyproject.toml --extra serve")
+    assert all("--extra" not in c and " -r " not in c for c in commands[:-1])  # only the torch pins before it
+    assert "requirements.txt" not in dockerfile.read_text()
 
 
-def test_container_config_keeps_token_auth_and_no_model_api_and_overrides_only_documented_keys():
+def test_container_config_keeps_token_auth_and_no_model_api_and_overrides_only_documented_keys(tmp_path):
     base = read_properties((ROOT / "serve_config" / "config.properties").read_text())
     overrides = read_properties((DOCKER / "container.properties").read_text())
-    effective = read_properties(container_config())
+    text = container_config(tmp_path)
+    keys = [line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#")]
+    assert len(keys) == len(set(keys)), "a key written twice: Java Properties would silently keep the last"
+    effective = read_properties(text)
     assert set(overrides) == CONTAINER_KEYS
     assert {k for k in effective if effective[k] != base.get(k)} == CONTAINER_KEYS
     assert effective["disable_token_authorization"] == "false" and effective["enable_model_api"] == "false"

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from model.checkpoint import build_checkpoint, load_for_inference, save_checkpoint
+from model.colorimetry import SKIN_TONE_BANDS
 from model.config import DataConfig, SeverityConfig
 from model.preprocessing import preprocess_path
 from tests.conftest import TINY_MODEL_CFG, make_tiny_model
 from training import evaluate, infer_single, synth
 from training.data import index_dataset, split_by_patient
-from model.colorimetry import SKIN_TONE_BANDS
 from training.metrics import bootstrap_intervals, confusion_matrix, quadratic_weighted_kappa, rank_average, spearman
 
 METRIC_KEYS = {"n", "mse", "mae", "rmse", "spearman", "severity_accuracy", "quadratic_kappa", "confusion_matrix"}

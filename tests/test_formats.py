@@ -24,7 +24,7 @@ from model.preprocessing import (
     preprocess_bytes,
     preprocess_path,
 )
-from scripts.grpc_client import GrpcClient, encode_request
+from serving.grpc_client import GrpcClient, encode_request
 from tests.conftest import TINY_DATA_CFG
 from tests.phone_photos import (
     FORMATS,

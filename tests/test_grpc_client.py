@@ -1,29 +1,57 @@
-"""scripts/grpc_client.py's protobuf wire format, checked against bytes written out by hand from the protobuf
-encoding rules (tag = field number << 3 | wire type, lengths as base-128 varints). The same client against a real
-TorchServe is in tests/test_serving.py."""
+"""serving/grpc_client.py on the stubs generated from TorchServe's own inference.proto: the proto is TorchServe
+0.12's, the committed stubs are what grpcio-tools generates from it now, and the client against an in-process gRPC
+server built from the same generated servicer (key in the metadata, error bodies and gRPC errors as HTTP statuses).
+The same client against a real TorchServe is in tests/test_serving.py."""
 
 from __future__ import annotations
 
 import json
+import zipfile
+from concurrent import futures
+from pathlib import Path
 
+import grpc
 import pytest
 
-from scripts.grpc_client import HTTP_STATUS, decode_response, encode_request, error_status
+from serving.grpc_client import HTTP_STATUS, PREDICTIONS, GrpcClient, encode_request, error_status
+from serving.proto import generate, inference_pb2, inference_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_a_request_is_model_name_then_one_map_entry_per_input():
-    encoded = encode_request("m", {"a": b"xy", "bc": b""})
-    assert encoded == (b"\x0a\x01m"                          # field 1 (model_name), length 1
-                       b"\x1a\x07" b"\x0a\x01a" b"\x12\x02xy"   # field 3 (input) entry: key "a", value b"xy"
-                       b"\x1a\x06" b"\x0a\x02bc" b"\x12\x00")   # entry: key "bc", empty value
+def _proto_body(text: str) -> str:
+    """A .proto file from its ``syntax`` line on (our copy adds a provenance and license header above it)."""
+    return text[text.index('syntax = "proto3";'):]
 
 
-def test_a_model_version_is_field_2_and_long_values_get_multi_byte_lengths():
-    value = bytes(range(256)) * 2  # 512 bytes: length varint 0x80 0x04
-    encoded = encode_request("pigment", {"clinical_image": value}, model_version="2")
-    head = b"\x0a\x07pigment" + b"\x12\x012"
-    entry = b"\x0a\x0eclinical_image" + b"\x12\x80\x04" + value
-    assert encoded == head + b"\x1a" + bytes([len(entry) & 0x7F | 0x80, len(entry) >> 7]) + entry
+def test_the_kept_proto_is_the_one_inside_the_installed_torchserve():
+    import ts
+
+    jar = Path(ts.__file__).parent / "frontend" / "model-server.jar"
+    with zipfile.ZipFile(jar) as archive:
+        shipped = archive.read("proto/inference.proto").decode()
+    kept = (ROOT / generate.PROTO).read_text()
+    assert "Licensed under the Apache License, Version 2.0" in kept.split('syntax = "proto3";')[0]
+    assert _proto_body(kept) == _proto_body(shipped)
+
+
+def test_the_committed_stubs_are_what_grpcio_tools_generates_now(tmp_path):
+    for fresh in generate.generate(tmp_path):
+        committed = ROOT / generate.PROTO.parent / fresh.name
+        assert committed.read_text() == fresh.read_text(), (
+            f"{committed} is stale: regenerate with `python -m serving.proto.generate` and commit it")
+
+
+def test_the_predictions_path_is_torchserves():
+    assert PREDICTIONS == "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
+
+
+def test_a_request_carries_the_model_and_every_input_unchanged():
+    value = bytes(range(256)) * 3
+    parsed = inference_pb2.PredictionsRequest.FromString(
+        encode_request("pigment", {"clinical_image": value, "dermoscopy_image": b""}, model_version="2"))
+    assert (parsed.model_name, parsed.model_version) == ("pigment", "2")
+    assert dict(parsed.input) == {"clinical_image": value, "dermoscopy_image": b""}
 
 
 def test_an_empty_model_name_is_refused():
@@ -31,21 +59,47 @@ def test_an_empty_model_name_is_refused():
         encode_request("", {"clinical_image": b"x"})
 
 
-def test_the_prediction_is_read_and_other_fields_are_skipped():
-    answer = b'{"score": 0.5}'
-    response = (b"\x12\x03abc"                      # sequence_id (2), a string
-                + b"\x1a\x04\x08\x05\x12\x00"        # status (3), a message
-                + b"\x20\x96\x01"                    # an unknown varint field (4) = 150
-                + b"\x0a" + bytes([len(answer)]) + answer)
-    assert decode_response(response) == answer
-    assert decode_response(b"") == b""
+class _FakeTorchServe(inference_pb2_grpc.InferenceAPIsServiceServicer):
+    """Answers like TorchServe 0.12: the handler's body (answer or error JSON) in an OK call; a wrong key aborts."""
+
+    def Predictions(self, request, context):  # the generated servicer's method name
+        if dict(context.invocation_metadata()).get("authorization") != "Bearer good-key":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "Token Authorization failed")
+        if "clinical_image" not in request.input:
+            body = {"error": "clinical_image: is required", "field": "clinical_image", "status": 400}
+        else:
+            body = {"score": 0.25, "inputs": sorted(request.input), "model": request.model_name}
+        return inference_pb2.PredictionResponse(prediction=json.dumps(body).encode())
 
 
-@pytest.mark.parametrize("broken", [b"\x0a\x05abc", b"\x0a\xff", b"\x0b"], ids=["short-field", "short-varint",
-                                                                                   "wire-type-3"])
-def test_a_broken_response_is_an_error_not_a_wrong_answer(broken):
-    with pytest.raises(ValueError):
-        decode_response(broken)
+@pytest.fixture
+def fake_server():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    inference_pb2_grpc.add_InferenceAPIsServiceServicer_to_server(_FakeTorchServe(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+def test_the_client_sends_inputs_and_key_and_reads_the_answer(fake_server):
+    with GrpcClient(fake_server) as client:
+        status, answer, error = client.predict(encode_request("pigment", {"clinical_image": b"\xff\xd8"}),
+                                               "good-key", timeout=10)
+    assert (status, error) == (200, "")
+    assert json.loads(answer) == {"score": 0.25, "inputs": ["clinical_image"], "model": "pigment"}
+
+
+def test_a_refused_request_gets_the_status_its_error_body_names(fake_server):
+    with GrpcClient(fake_server) as client:
+        status, answer, _ = client.predict(encode_request("pigment", {"dermoscopy_image": b"x"}), "good-key", 10)
+    assert status == 400 and json.loads(answer)["field"] == "clinical_image"
+
+
+def test_a_wrong_key_is_the_403_torchserve_maps_permission_denied_from(fake_server):
+    with GrpcClient(fake_server) as client:
+        status, answer, error = client.predict(encode_request("pigment", {"clinical_image": b"x"}), "bad", 10)
+    assert (status, answer) == (403, b"") and error.startswith("PERMISSION_DENIED")
 
 
 def test_error_bodies_give_their_status_and_answers_give_none():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import yaml
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
-from handler.pigment_handler import PigmentHandler, _threads_per_worker
+from handler.pigment_handler import PigmentHandler
 from handler.predictor import Predictor, PredictorOptions
 from model.config import from_dict
 from tests.images import image_bytes, request_for
@@ -102,9 +101,3 @@ def test_shipped_model_config_is_valid_and_sized_for_the_design():
     assert MODEL_CONFIG["batchSize"] == 4 and MODEL_CONFIG["minWorkers"] == MODEL_CONFIG["maxWorkers"] == 2
     assert MODEL_CONFIG["deviceType"] == "cpu" and MODEL_CONFIG["responseTimeout"] == 120
 
-
-def test_threads_per_worker_never_oversubscribe_the_cores():
-    cores = len(os.sched_getaffinity(0))
-    assert _threads_per_worker(1) == cores
-    assert _threads_per_worker(2) * 2 <= max(cores, 2)
-    assert _threads_per_worker(64) == 1

@@ -28,7 +28,9 @@ import yaml
 from handler.kserve_v2 import answer_from_tensors
 from handler.predictor import Predictor, PredictorOptions
 from model.config import from_dict
-from scripts.local_torchserve import LocalTorchServe, Ports, _torchserve
+from serving.kserve_layout import KSERVE_OVERRIDES
+from serving.properties import write_properties
+from serving.torchserve import LocalTorchServe, Ports, torchserve_executable
 from tests.images import SUBSETS, request_for
 from tests.torchserve_harness import java_available
 
@@ -79,13 +81,11 @@ def kserve_torchserve(storage: Path, run_dir: Path, timeout: float = 180.0) -> I
     server = LocalTorchServe(storage / "model-store", run_dir, ports)  # for its URLs, stop() and logs
     server.tmp_dir.mkdir(parents=True, exist_ok=True)
     local = {**ports.properties(), "metrics_config": str(storage / "config" / "metrics.yaml")}
-    lines = [line for line in (storage / "config" / "config.properties").read_text().splitlines()
-             if line.split("=", 1)[0].strip() not in local]
-    server.config_path.write_text("\n".join(lines + [f"{k}={v}" for k, v in local.items()]) + "\n")
+    write_properties(server.config_path, storage / "config" / "config.properties", local, "free loopback ports")
     env = {key: value for key, value in os.environ.items() if not key.startswith("TS_")}
     env.update(TMPDIR=str(server.tmp_dir), TEMP=str(server.tmp_dir), LOG_LOCATION=str(server.log_dir),
                METRICS_LOCATION=str(server.log_dir), TS_SERVICE_ENVELOPE="kservev2")
-    command = [_torchserve(), "--start", f"--model-store={storage / 'model-store'}",
+    command = [torchserve_executable(), "--start", f"--model-store={storage / 'model-store'}",
                f"--ts-config={server.config_path}"]
     with open(run_dir / "torchserve.out", "ab") as out:
         subprocess.run(command, cwd=run_dir, env=env, stdout=out, stderr=out, check=True)
@@ -139,11 +139,6 @@ def infer(server, body: dict) -> requests.Response:
 
 
 def test_layout_config_differs_from_serve_config_only_in_the_kserve_keys_and_registers_batch_size_one(storage):
-    sys.path.insert(0, str(LAYOUT.parent))
-    try:
-        from layout import KSERVE_OVERRIDES
-    finally:
-        sys.path.remove(str(LAYOUT.parent))
     kserve_props = read_properties(storage / "config" / "config.properties")
     base = read_properties(ROOT / "serve_config" / "config.properties")
     changed = {k for k in kserve_props.keys() | base.keys() if kserve_props.get(k) != base.get(k)}

@@ -193,7 +193,8 @@ def test_sixteen_bit_rgb_is_scaled_to_eight_bits():
     assert ok
     got = pixel(preprocess_bytes(png.tobytes(), "clinical", CFG))
     # Pillow keeps a 16-bit RGB sample's high byte (v >> 8): within one 8-bit level of v * 255 / 65535.
-    np.testing.assert_allclose(got, normalised(rgb16.astype(np.float64) * 255 / 65535), atol=1.01 / 255 / IMAGENET_STD.min())
+    np.testing.assert_allclose(got, normalised(rgb16.astype(np.float64) * 255 / 65535),
+                               atol=1.01 / 255 / IMAGENET_STD.min())
 
 
 @pytest.mark.parametrize("fmt", ["TIFF", "JPEG"])

@@ -178,7 +178,8 @@ def test_overlays_are_displayed_beside_the_photos_at_the_photos_aspect_ratio(dri
           const box = img => img.getBoundingClientRect();
           return {modality: f.dataset.modality, natural: [overlay.naturalWidth, overlay.naturalHeight],
                   overlay: [box(overlay).width, box(overlay).height], photo: [box(photo).width, box(photo).height],
-                  side_by_side: Math.abs(box(photo).top - box(overlay).top) < 1 && box(photo).right <= box(overlay).left};
+                  side_by_side: Math.abs(box(photo).top - box(overlay).top) < 1 &&
+                    box(photo).right <= box(overlay).left};
         });""")
     assert [item["modality"] for item in shown] == ["clinical", "dermoscopy", "multispectral"]
     for item in shown:
@@ -253,7 +254,8 @@ def test_a_wrong_key_says_it_is_invalid_or_expired_and_how_to_get_a_new_one(driv
 def test_the_key_is_taken_out_of_the_address_and_kept_nowhere_but_memory(driver, page, served):
     open_page(driver, page, served.key("inference"))
     assert driver.current_url == f"{page}/"
-    stored = driver.execute_script("return [localStorage.length, sessionStorage.length, document.cookie, history.length]")
+    stored = driver.execute_script(
+        "return [localStorage.length, sessionStorage.length, document.cookie, history.length]")
     assert stored[:3] == [0, 0, ""]
     assert driver.execute_script("return document.querySelector('#key-status').hidden")
 
@@ -285,7 +287,8 @@ def test_on_a_phone_sized_screen_the_page_fits_the_width(driver, page, served, t
         const fields = [...document.querySelectorAll('fieldset.field')].map(f => f.getBoundingClientRect());
         return {viewport: document.documentElement.clientWidth, scroll: document.documentElement.scrollWidth,
                 stacked: fields.every((r, i) => i === 0 || r.top >= fields[i - 1].bottom),
-                widest: Math.max(...[...document.querySelectorAll('main *')].map(e => e.getBoundingClientRect().right))};""")
+                widest: Math.max(...[...document.querySelectorAll('main *')]
+                    .map(e => e.getBoundingClientRect().right))};""")
     assert layout["viewport"] <= 390
     assert layout["scroll"] <= layout["viewport"] and layout["widest"] <= layout["viewport"]
     assert layout["stacked"]
@@ -448,7 +451,8 @@ def test_start_prints_an_address_with_a_working_key_renewed_near_expiry_and_stop
                 for k in (key, new_key)}
         assert (ping[key].status_code, ping[new_key].status_code) == (400, 200)
     finally:
-        stop = subprocess.run([*cli, "stop", "--run-dir", str(run_dir)], check=False, capture_output=True, text=True, cwd=ROOT,
+        stop = subprocess.run([*cli, "stop", "--run-dir", str(run_dir)], check=False, capture_output=True, text=True,
+                              cwd=ROOT,
                               timeout=60)
     assert stop.stdout.strip() == "review page stopped"
     with pytest.raises(requests.ConnectionError):

@@ -30,7 +30,7 @@ def _calls(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("package", ["handler", "training", "kserve"])
+@pytest.mark.parametrize("package", ["handler", "training", "kserve", "serving"])
 def test_only_model_turns_images_into_model_tensors(package):
     offenders = {str(p.relative_to(ROOT)): sorted(_calls(p) & TENSOR_MAKERS)
                  for p in (ROOT / package).rglob("*.py") if _calls(p) & TENSOR_MAKERS}

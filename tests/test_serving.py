@@ -24,7 +24,7 @@ import requests
 
 from handler.predictor import Predictor
 from model.checkpoint import load_for_inference
-from scripts.grpc_client import GrpcClient, encode_request
+from serving.grpc_client import GrpcClient, encode_request
 from tests.conftest import SERVED_BATCH_DELAY_MS, SERVED_BATCH_SIZE
 from tests.images import SUBSETS, image_bytes, request_for, write_request
 from tests.torchserve_harness import (
@@ -174,7 +174,7 @@ def test_grpc_bad_requests_get_their_status_and_field_while_the_batch_succeeds(s
 
 
 def test_the_load_generator_sends_grpc_and_multipart_alike(server):
-    from scripts.loadgen import Body, run_load
+    from benchmarks.loadgen import Body, run_load
 
     requests_ = [list(request_for(SUBSETS[i], seed=40 + i).items()) for i in range(3)]
     runs = {}

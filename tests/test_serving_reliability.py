@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from benchmarks.loadgen import Body
 from handler.predictor import MULTIPART_SLACK_PER_PART, Failure, Predictor, repeated_part_failure
-from scripts.loadgen import Body
 from tests.bad_inputs import CASES, GOOD, Case
 from tests.conftest import SERVED_BATCH_SIZE
 from tests.images import SUBSETS, image_bytes, request_for

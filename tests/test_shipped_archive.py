@@ -8,12 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-import yaml
 
 from model.checkpoint import load_for_inference
 from model.severity import severity_label
+from serving.archive import model_config
 from tests.images import SUBSETS, request_for, write_request
-from tests.torchserve_harness import ROOT, java_available, served_checkpoint
+from tests.torchserve_harness import java_available, served_checkpoint
 from training.infer_single import predict_files
 
 FAST_PATH_TOLERANCE = 0.01  # docs/performance.md: every fast backend within 0.01 of fp32, same severity
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not java_available(), reason="TorchServe needs J
 
 
 def test_the_shipped_archive_answers_every_subset_within_the_fast_path_tolerance(tiny_checkpoint, tmp_path):
-    shipped = yaml.safe_load((ROOT / "serve_config" / "model-config.yaml").read_text())
+    shipped = model_config()
     loaded = load_for_inference(tiny_checkpoint)
     batch = [request_for(subset, seed=40 + i, fmt="JPEG", size=120) for i, subset in enumerate(SUBSETS)]
     offline = [predict_files(loaded, write_request(r, tmp_path / f"r{i}")) for i, r in enumerate(batch)]

@@ -2,7 +2,8 @@
 
 Two ways to describe a dataset, chosen by what ``--data`` points at:
 
-* a folder in the documented layout, matched by file stem (extensions .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp/.heic/.heif/.avif, any case)::
+* a folder in the documented layout, matched by file stem (any case of the extensions in ``IMAGE_EXTENSIONS``:
+  JPEG, PNG, BMP, TIFF, WebP, HEIC/HEIF, AVIF)::
 
       DATA/clinical/images/<lesion_id>.jpg        required per lesion
       DATA/dermoscopy/images/<lesion_id>.png      optional
@@ -42,7 +43,8 @@ from model.scoring import Sample, collate, prepare_files
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif", ".avif")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif",
+                                     ".avif")
 LABELS_FILE = "labels.csv"
 SKIP_REASONS: tuple[str, ...] = ("no_clinical_image", "no_label", "bad_image")
 

@@ -58,19 +58,19 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from model.checkpoint import LoadedModel, load_for_inference  # noqa: E402
-from model.cli import run  # noqa: E402
-from model.colorimetry import SKIN_TONE_BANDS, SegmentationError, measure  # noqa: E402
-from model.config import AUX_MODALITIES  # noqa: E402
-from model.preprocessing import load_image  # noqa: E402
-from model.scoring import collate, forward  # noqa: E402
-from model.severity import LABELS, severity_label  # noqa: E402
-from training.data import Lesion, available_modalities, index_dataset, lesion_sample, select  # noqa: E402
-from training.metrics import bootstrap_intervals, score_metrics  # noqa: E402
+from model.checkpoint import LoadedModel, load_for_inference
+from model.cli import run
+from model.colorimetry import SKIN_TONE_BANDS, SegmentationError, measure
+from model.config import AUX_MODALITIES
+from model.preprocessing import load_image
+from model.scoring import collate, forward
+from model.severity import LABELS, severity_label
+from training.data import Lesion, available_modalities, index_dataset, lesion_sample, select
+from training.metrics import bootstrap_intervals, score_metrics
 
 log = logging.getLogger("training.evaluate")
 

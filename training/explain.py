@@ -31,7 +31,7 @@ import numpy as np
 
 from model.checkpoint import LoadedModel, load_for_inference
 from model.cli import run
-from model.config import AUX_MODALITIES
+from model.config import AUX_MODALITIES, MODALITIES
 from model.preprocessing import load_image
 from model.saliency import aux_mask_for, explain, overlay_base64, overlay_png
 from model.scoring import prepare_files
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
             (args.out / REPORT_FILE).write_text(json.dumps(report, indent=2))
         print(json.dumps(report, indent=2))
         return
-    paths = {m: getattr(args, m) for m in ("clinical", "dermoscopy", "multispectral") if getattr(args, m)}
+    paths = {m: getattr(args, m) for m in MODALITIES if getattr(args, m)}
     result = explain_files(loaded, paths, args.out, inline=args.json)
     if args.json:
         print(json.dumps(result))

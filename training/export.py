@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from model.checkpoint import REQUIRED_KEYS, load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.cli import run
-from model.config import AUX_MODALITIES
+from model.config import AUX_MODALITIES, MODALITIES
 from model.fusion_model import ATTENTION_TOKENS, FusionModel
 
 METADATA_FILE = "pigment.json"
@@ -75,7 +75,7 @@ def metadata(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return {
         **{k: checkpoint[k] for k in ("format_version", "model_config", "data_config", "severity")},
         "provenance": checkpoint.get("provenance", {}),
-        "inputs": ["clinical", "dermoscopy", "multispectral", "aux_mask"],
+        "inputs": [*MODALITIES, "aux_mask"],
         "aux_mask_columns": list(AUX_MODALITIES),
         "outputs": {"score": "[B] in [0, 1]", "attention": list(ATTENTION_TOKENS)},
     }

@@ -86,7 +86,7 @@ def bootstrap_intervals(true: np.ndarray, pred: np.ndarray, severity: SeverityCo
     """Percentile bootstrap intervals of MAE and quadratic kappa, resampling lesions with replacement.
 
     All resamples at once: an index matrix ``[R, N]``, per-resample MAE as a row mean and per-resample 3x3
-    confusion matrices from one ``bincount`` (~0.1 s for 1000 x 2000 lesions). Resamples where kappa is undefined
+    confusion matrices from one ``bincount``, with no Python loop over resamples. Resamples where kappa is undefined
     are left out of its interval; an interval is None when no resample defines it.
 
     Returns:

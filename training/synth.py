@@ -67,6 +67,7 @@ from numpy.typing import ArrayLike
 
 from model.cli import run
 from model.colorimetry import ita_band, ita_degrees
+from model.config import MODALITIES
 from model.severity import LABELS, severity_index
 
 # Ground truth (see the module docstring; README.txt repeats it).
@@ -84,12 +85,12 @@ HARMONIC_MAX = np.array([0.15, 0.10, 0.07, 0.05])  # caps for harmonics k = 2..5
 WORKING_MAX_SIDE = 512  # structure is drawn at most this large, then resized up
 # Independent random streams of a lesion (0 and 1 are the patients' lesion counts and skin tones).
 LESION_STREAMS = {"spec": 2, "dermoscopy": 3, "clinical": 4, "multispectral": 5}
-VIEWS = ("clinical", "dermoscopy", "multispectral")
+VIEWS = MODALITIES  # one image folder per modality
 TRUTH_COLUMNS = (
     "lesion_id", "patient_id", "score", "area_fraction", "darkness", "heterogeneity", "skin_L", "skin_a", "skin_b",
     "ita_deg", "skin_tone_band", "has_dermoscopy", "has_multispectral",
 )  # fmt: skip
-OUTPUTS = ("clinical", "dermoscopy", "multispectral", "masks", "labels.csv", "synth_truth.csv", "README.txt")
+OUTPUTS = (*VIEWS, "masks", "labels.csv", "synth_truth.csv", "README.txt")
 
 
 @dataclass(frozen=True)

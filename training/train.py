@@ -24,7 +24,6 @@ import csv
 import hashlib
 import logging
 import math
-import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from tqdm import tqdm
 
 from model.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from model.cli import run
+from model.cpu import threads_per_worker
 from model.fusion_model import FusionModel
 from training import distributed
 from training.config import RunConfig, TrainConfig, load_config, save_config
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> Path:
             torch.distributed.barrier()  # every rank has read the run's config.yaml before rank 0 rewrites it
         if env.is_main:
             save_config(cfg, args.out / "config.yaml")
-        torch.set_num_threads(cfg.training.threads or max(1, available_cores() // env.local_world_size))
+        torch.set_num_threads(threads_per_worker(env.local_world_size, cfg.training.threads or 0))
         torch.manual_seed(cfg.training.seed)
         loaders = build_loaders(args.data, cfg, env)
         model = FusionModel(cfg.model, cfg.data.image_size).to(device)
@@ -115,13 +115,6 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     if args.resume and saved.is_file() and load_config(saved) != cfg:
         log.warning("%s differs from the config given now; resuming with the new one", saved)
     return cfg
-
-
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py's results -> the checks, docs/performance.md's tables, performance.json and the plot."""
+"""The benchmark's results (benchmarks/run.py) -> the checks, performance.md's tables, performance.json and the plot."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_BF16_GFLOPS = 410.0
-"""Issue 5's bf16 limit: measured on its 2-core AVX-512-bf16 machine (no AMX); the target is 70 % of it."""
+"""The reference bf16 limit the model-compute target is a share of (docs/performance.md: where it was measured)."""
 GFLOP_PER_REQUEST = 26.9  # three Swin-T forwards at 224 px, 8.98 GFLOP each
 TARGETS = {"served_over_baseline": 3.0, "model_pct_of_reference_limit": 70.0, "served_over_offline": 0.85,
            "max_abs_score_diff": 0.01, "severity_agreement": 0.99}
@@ -23,7 +23,7 @@ CPU_COLUMNS = (("workers", "workers"), ("frontend_netty", "frontend: Netty"), ("
 
 
 def summarize(r: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers and the pass/fail of each of issue 5's targets."""
+    """The headline numbers and the pass/fail of each target in ``TARGETS``."""
     served, baseline = r["served"][0], r["baseline"]
     rounds = served["rounds"]
     offline_rps = statistics.median(x["offline"]["throughput_rps"] for x in rounds)
@@ -91,9 +91,9 @@ def markdown_tables(r: dict[str, Any]) -> str:
         "",
         "| check | target | measured | |",
         "|---|---|---|---|",
-        f"| served throughput at concurrency 8 / design-style baseline | >= 3x | {s['served_c8_rps']} / "
+        f"| served throughput at concurrency 8 / one-at-a-time baseline | >= 3x | {s['served_c8_rps']} / "
         f"{s['baseline_c8_rps']} req/s = **{s['served_over_baseline']}x** | {_ok(checks['served >= 3x baseline'])} |",
-        f"| model compute vs the bf16 limit (issue 5: {REFERENCE_BF16_GFLOPS:.0f} GFLOP/s; "
+        f"| model compute vs the bf16 limit (reference: {REFERENCE_BF16_GFLOPS:.0f} GFLOP/s; "
         f"{GFLOP_PER_REQUEST} GFLOP/request) | >= 70 % | {s['model_compute_rps']} req/s = {s['model_gflops']} "
         f"GFLOP/s = **{s['model_pct_of_reference_limit']} %** ({s['model_pct_of_measured_bf16_gemm']} % of this "
         f"machine's bf16 GEMM) | {_ok(checks['model >= 70% of bf16 limit'])} |",
@@ -119,7 +119,7 @@ def markdown_tables(r: dict[str, Any]) -> str:
         "| 12 MP clinical JPEG | ms (1 thread) |",
         "|---|---|",
         f"| decode + preprocess, JPEG draft (served) | {pre['clinical_12mp_drafted_ms']} |",
-        f"| decode + preprocess, full size (design) | {pre['clinical_12mp_full_ms']} |",
+        f"| decode + preprocess, full size (baseline) | {pre['clinical_12mp_full_ms']} |",
         f"| all three images of a request, drafted | {pre['request_3_images_drafted_ms']} |",
         f"| model, one request, both cores (from the offline compute rate) | {s['model_ms_per_request_all_cores']} |",
         f"| model, one request, per worker at batch {served['batch_size']} | "
@@ -198,7 +198,7 @@ def settings_table(r: dict[str, Any]) -> list[str]:
     lines = ["| setting | conc. | req/s (steady) | req/s (whole run) | p50 ms | p90 ms | p99 ms | errors | "
              "start -> first answer s | warm-up requests | worker RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|",
-             f"| design-style baseline ({base['design']}) | 8 | {base['steady_rps']} | {base['throughput_rps']} | "
+             f"| one-at-a-time baseline ({base['serving']}) | 8 | {base['steady_rps']} | {base['throughput_rps']} | "
              f"{base['p50_ms']} | {base['p90_ms']} | {base['p99_ms']} | {_errors(base)} | | | {base['rss_mib']} |",
              f"| offline predictor, {off['variant']} (no HTTP; median round) | | | {r['summary']['offline_rps']} "
              f"| | | | | | | {', '.join(map(str, off['worker_rss_mib']))} |"]
@@ -261,7 +261,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
     ax1.bar(x, rps, color=["grey", "tab:green"] + ["tab:blue"] * (len(names) - 2))
     ax1.axhline(r["summary"]["model_compute_rps"], ls="--", c="k", lw=1, label="model compute alone (offline)")
     ax1.axhline(0.7 * REFERENCE_BF16_GFLOPS / GFLOP_PER_REQUEST, ls=":", c="r", lw=1,
-                label="70 % of issue 5's bf16 limit")
+                label="70 % of the reference bf16 limit")
     ax1.set_ylabel("requests / s (3 modalities)")
     ax1.legend(fontsize=8)
     ax2.bar(x - 0.2, p50, 0.4, label="p50")
@@ -282,7 +282,8 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     (out / "performance.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     plot(results, out / "performance.png")
     notes = ROOT / "docs" / "performance_notes.md"
-    text = "# Performance\n\nWritten by `scripts/benchmark.py`; rerun it to refresh (numbers, table and plot).\n\n"
+    text = ("# Performance\n\nWritten by `python -m benchmarks --update-docs` (benchmarks/run.py); rerun it to "
+            "refresh (numbers, table and plot).\n\n")
     text += markdown_tables(results) + "\n\n![throughput and latency](performance.png)\n"
     if notes.is_file():
         text += "\n" + notes.read_text()

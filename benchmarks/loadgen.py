@@ -3,10 +3,10 @@
 Every run is bounded twice, by a request count and by a wall-clock limit, and only talks to 127.0.0.1/localhost.
 Bodies are multipart-encoded once up front, so the client spends its (shared) CPU on sending, not encoding.
 
-    python scripts/loadgen.py --run-dir logs --clinical a.jpg --dermoscopy b.jpg --requests 2000 --concurrency 16
+    python -m benchmarks.loadgen --run-dir logs --clinical a.jpg --dermoscopy b.jpg --requests 2000 --concurrency 16
 
-As a library (tests/soak): :func:`run_load` returns one :class:`Result` per request, with start/end times, status
-and the parsed answer; :func:`summarize` gives counts, latency percentiles and throughput.
+As a library (the benchmark, tests/soak): :func:`run_load` returns one :class:`Result` per request, with start/end
+times, status and the parsed answer; :func:`load_summary` gives counts, latency percentiles and throughput.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,10 @@ from urllib.parse import urlparse
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
+from model.config import MODALITIES
+from serving.grpc_client import GrpcClient, encode_request
+from serving.torchserve import LocalTorchServe
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 GRPC_CONTENT_TYPE = "application/grpc"
 
@@ -51,10 +55,8 @@ class Body:
 
     @classmethod
     def grpc(cls, model_name: str, parts: Sequence[tuple[str, bytes]]) -> Body:
-        """The same fields as one serialized gRPC ``PredictionsRequest`` (scripts/grpc_client.py), for a
+        """The same fields as one serialized gRPC ``PredictionsRequest`` (serving/grpc_client.py), for a
         ``grpc://127.0.0.1:PORT`` target."""
-        from scripts.grpc_client import encode_request
-
         return cls(encode_request(model_name, dict(parts)), GRPC_CONTENT_TYPE)
 
 
@@ -159,8 +161,6 @@ class _GrpcSender:
     """Sends :meth:`Body.grpc` bodies over one gRPC channel, the key taken from the Authorization header."""
 
     def __init__(self, url: str, timeout: float):
-        from scripts.grpc_client import GrpcClient
-
         self.timeout, self.client = timeout, GrpcClient(urlparse(url).netloc)
 
     def __call__(self, body: Body, headers: dict[str, str]) -> tuple[int, str, str]:
@@ -189,23 +189,41 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def summarize(results: Sequence[Result]) -> dict:
-    """Counts per status class, latency p50/p90/p99 (ms) of answered requests and throughput (requests/s)."""
+def load_summary(results: Sequence[Result], wall: float | None = None, concurrency: int | None = None) -> dict:
+    """One load run in numbers: requests, answered (2xx) and errors by status (or error kind when nothing
+    answered), counts per status class, throughput of answered requests over ``wall`` seconds (default: first send
+    to last answer), latency percentiles of answered requests (ms) and, given the ``concurrency``, the
+    :func:`steady_rate`."""
     if not results:
-        return {"requests": 0}
-    answered = [r for r in results if r.status]
-    latencies = [r.latency * 1000 for r in answered] or [0.0]
-    span = max(r.end for r in results) - min(r.start for r in results)
-    return {
-        "requests": len(results),
-        "2xx": sum(200 <= r.status < 300 for r in results),
-        "4xx": sum(400 <= r.status < 500 for r in results),
-        "5xx": sum(r.status >= 500 for r in results),
-        "no_answer": sum(r.status == 0 for r in results),
-        "seconds": round(span, 2),
-        "throughput_rps": round(len(results) / span, 1) if span > 0 else 0.0,
-        "latency_ms": {f"p{q}": round(percentile(latencies, q), 1) for q in (50, 90, 99)},
-    }
+        return {"requests": 0, "ok": 0}
+    ok = [r for r in results if 200 <= r.status < 300]
+    wall = wall if wall is not None else max(r.end for r in results) - min(r.start for r in results)
+    latencies = [1000 * r.latency for r in ok]
+    errors = Counter(str(r.status or r.error.split(":")[0]) for r in results if not 200 <= r.status < 300)
+    summary = {"requests": len(results), "ok": len(ok), "errors": dict(errors),
+               "4xx": sum(400 <= r.status < 500 for r in results), "5xx": sum(r.status >= 500 for r in results),
+               "no_answer": sum(r.status == 0 for r in results), "wall_s": round(wall, 2),
+               "throughput_rps": round(len(ok) / wall, 2) if wall > 0 else 0.0,
+               **{f"p{q}_ms": round(percentile(latencies, q), 1) if ok else None for q in (50, 90, 99)}}
+    if concurrency is not None:
+        summary.update(concurrency=concurrency, steady_rps=steady_rate(results, concurrency))
+    return summary
+
+
+def steady_rate(results: list[Result], concurrency: int) -> float | None:
+    """Answers per second between the ``concurrency``-th answer and the ``concurrency``-th from last.
+
+    A closed-loop load starts with every client waiting on the first batches and ends with workers idling while
+    the last requests drain; a server that keeps serving has neither. Between those two points every client has a
+    request in flight. None when there are fewer than ``3 * concurrency`` answers.
+    """
+    ends = sorted(r.end for r in results if 200 <= r.status < 300)
+    if len(ends) < 3 * concurrency:
+        return None
+    first, last = ends[concurrency - 1], ends[-concurrency]
+    if last <= first:
+        return None
+    return round(sum(first < end <= last for end in ends) / (last - first), 2)  # answers come in batches
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,11 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=300.0, help="and at most this long (default 300)")
     parser.add_argument("--grpc", action="store_true", help="send over TorchServe's gRPC inference API")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from scripts.local_torchserve import LocalTorchServe
-
     server = LocalTorchServe.from_run_dir(args.run_dir)
-    parts = [(f"{m}_image", path.read_bytes()) for m in ("clinical", "dermoscopy", "multispectral")
+    parts = [(f"{m}_image", path.read_bytes()) for m in MODALITIES
              if (path := getattr(args, m)) is not None]
     if args.grpc:
         url, body = f"grpc://127.0.0.1:{server.ports.grpc_inference}", Body.grpc(server.model_name, parts)
@@ -231,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         url, body = f"{server.inference_url}/predictions/{server.model_name}", Body.multipart(parts)
     results = run_load(url, [body], args.requests, args.concurrency, args.max_seconds,
                        headers=server.auth("inference"))
-    print(json.dumps(summarize(results), indent=2))
+    print(json.dumps(load_summary(results, concurrency=args.concurrency), indent=2))
     return 0 if all(200 <= r.status < 300 for r in results) else 1
 
 
