@@ -222,7 +222,6 @@ def test_a_rotation_turns_the_image_about_its_centre():
 
 def test_a_crop_zooms_in_by_at_most_one_over_crop_scale():
     image = blob_image(at=(20, 20))  # off-centre, so a zoom moves it outward
-    centre = torch.tensor([15.5, 15.5])
     generator = torch.Generator().manual_seed(1)
     zooms = []
     for _ in range(30):

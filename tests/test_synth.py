@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from model.severity import LABELS, severity_index
-from training.synth import SHIFTED, SynthOptions, draw_cohort, generate, main, severity_score
+from training.synth import (
+    SHIFTED,
+    SynthOptions,
+    draw_cohort,
+    generate,
+    main,
+    severity_score,
+)
 
 N = 120
 
@@ -175,8 +182,8 @@ def test_cli_writes_requested_sizes_and_prints_a_summary(tmp_path, capsys):
 
 def shifted_pair(tmp_path: Path, **shift) -> tuple[Path, Path]:
     """The same lesions written by the default generator and with ``shift``: every view of each, small images."""
-    common = dict(n=12, seed=8, clinical_size=(128, 96), dermoscopy_size=64, dermoscopy_fraction=1.0,
-                  multispectral_fraction=1.0)
+    common = {"n": 12, "seed": 8, "clinical_size": (128, 96), "dermoscopy_size": 64, "dermoscopy_fraction": 1.0,
+              "multispectral_fraction": 1.0}
     return generate(tmp_path / "plain", **common), generate(tmp_path / "shifted", **common, **shift)
 
 
