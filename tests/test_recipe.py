@@ -144,3 +144,14 @@ def test_default_threads_leave_busy_cores_alone(monkeypatch, cores, load, world,
     monkeypatch.setattr(train, "available_cores", lambda: cores)
     monkeypatch.setattr(train.os, "getloadavg", lambda: (load, load, load))
     assert train.default_threads(world) == expected
+
+
+def test_channels_last_scores_equal_the_default_layout(tiny_model):
+    images = torch.randn(3, 3, 64, 64)
+    batch = {"clinical": images, "dermoscopy": images.flip(3), "multispectral": images.flip(2),
+             "aux_mask": torch.tensor([[True, True], [True, False], [False, False]])}
+    with torch.no_grad():
+        expected = train.predict_batch(tiny_model, batch, torch.device("cpu"))
+        nhwc = train.predict_batch(tiny_model.to(memory_format=torch.channels_last), batch, torch.device("cpu"),
+                                   memory_format=torch.channels_last)
+    torch.testing.assert_close(nhwc, expected, rtol=1e-5, atol=1e-6)
