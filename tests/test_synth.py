@@ -255,5 +255,5 @@ def test_cli_shifted_writes_the_documented_shift_and_single_options_override_it(
     header = (tmp_path / "s" / "README.txt").read_text().splitlines()[0]
     assert "lighting=1.0" in header and "shape_irregularity=1.8" in header and "jpeg_quality=80" in header
     assert "ita_range=(-50.0, 30.0)" in header and "2 lesions" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="lighting"):
+    with pytest.raises(ValueError, match="lighting"):  # the CLI wrapper (model.cli.run) makes it one line, exit 2
         main(["--out", str(tmp_path / "bad"), "--n", "2", "--lighting", "5"])
