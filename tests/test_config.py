@@ -23,7 +23,7 @@ def test_default_config_is_the_design():
     assert cfg.model.attention_heads == 8 and cfg.model.head_hidden == (256, 64) and cfg.model.dropout == 0.3
     assert cfg.data.image_size == 224 and cfg.data_options.val_fraction == 0.2
     t = cfg.training
-    assert (t.batch_size, t.epochs, t.learning_rate, t.weight_decay, t.num_workers) == (8, 10, 1e-4, 1e-4, 4)
+    assert (t.batch_size, t.num_workers, t.lr_schedule, t.encoder_lr_scale) == (8, 4, "cosine", 0.1)  # fine-tuning
     assert cfg.device.use_gpu
 
 

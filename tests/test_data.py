@@ -12,9 +12,13 @@ from model.config import DataConfig
 from model.preprocessing import InputError
 from tests.lesion_data import make_layout, write_image, write_labels
 from training.data import (
+    Augmentation,
     Lesion,
     LesionDataset,
+    affine_paired,
     augment_paired,
+    augment_sample,
+    color_jitter,
     drop_modalities,
     index_dataset,
     split_by_patient,
@@ -172,6 +176,90 @@ def test_training_samples_are_exact_symmetries_of_the_eval_tensors(tmp_path):
     symmetries = [torch.rot90(evaluation, k, (1, 2)).flip(2) if f else torch.rot90(evaluation, k, (1, 2))
                   for k in range(4) for f in (0, 1)]
     assert any(torch.equal(augmented, s) for s in symmetries)
+
+
+def blob_image(size: int = 32, at: tuple[int, int] = (8, 20)) -> torch.Tensor:
+    """``[3, S, S]``: zeros with a bright 2x2 blob whose top-left pixel is ``at`` (row, column)."""
+    image = torch.zeros(3, size, size)
+    image[:, at[0]:at[0] + 2, at[1]:at[1] + 2] = 1.0
+    return image
+
+
+def centroid(image: torch.Tensor) -> torch.Tensor:
+    """(row, column) of the intensity centroid of channel 0, in pixel-centre coordinates."""
+    weights = image[0].clamp(min=0)
+    rows, cols = torch.meshgrid(torch.arange(image.shape[1]), torch.arange(image.shape[2]), indexing="ij")
+    return torch.stack([(weights * rows).sum(), (weights * cols).sum()]) / weights.sum()
+
+
+def test_small_rotations_and_crops_use_one_draw_for_every_modality():
+    image = blob_image()
+    generator = torch.Generator().manual_seed(3)
+    moved = 0
+    for _ in range(20):
+        out = affine_paired({"clinical": image, "dermoscopy": image.clone(), "multispectral": image.clone()},
+                            rotation_degrees=30, crop_scale=0.7, generator=generator)
+        assert torch.equal(out["clinical"], out["dermoscopy"]) and torch.equal(out["clinical"], out["multispectral"])
+        moved += not torch.allclose(out["clinical"], image)
+    assert moved == 20
+
+
+def test_a_rotation_turns_the_image_about_its_centre():
+    """Without crops, every draw keeps the blob's distance from the image centre and turns it by at most the
+    configured angle (the reference is plain geometry on the blob's centroid)."""
+    image = blob_image()
+    centre = torch.tensor([15.5, 15.5])
+    before = centroid(image) - centre
+    generator = torch.Generator().manual_seed(0)
+    angles = []
+    for _ in range(30):
+        after = centroid(affine_paired({"clinical": image}, 20, 1.0, generator)["clinical"]) - centre
+        assert after.norm() == pytest.approx(float(before.norm()), abs=0.6)
+        turn = torch.atan2(after[0], after[1]) - torch.atan2(before[0], before[1])
+        angles.append(float(torch.rad2deg(torch.remainder(turn + torch.pi, 2 * torch.pi) - torch.pi)))
+    assert max(abs(a) for a in angles) <= 20 + 2 and max(angles) - min(angles) > 20  # spread over +-20
+
+
+def test_a_crop_zooms_in_by_at_most_one_over_crop_scale():
+    image = blob_image(at=(20, 20))  # off-centre, so a zoom moves it outward
+    generator = torch.Generator().manual_seed(1)
+    zooms = []
+    for _ in range(30):
+        out = affine_paired({"clinical": image}, 0, 0.8, generator)["clinical"]
+        zooms.append(float(out[0].clamp(min=0).sum() / image[0].sum()))  # area grows with the zoom squared
+        assert out[0].max() > 0.2  # the blob is still in view (0.8 of the side keeps the central region)
+    assert 1.0 <= min(zooms) and max(zooms) <= (1 / 0.8) ** 2 + 0.15 and max(zooms) > 1.2
+
+
+def test_color_jitter_draws_per_modality_and_leaves_absent_modalities_zero():
+    cfg = DataConfig(image_size=16)
+    flat = (torch.full((3, 16, 16), 0.5) - torch.tensor(cfg.mean).view(3, 1, 1)) / torch.tensor(cfg.std).view(3, 1, 1)
+    sample = {"clinical": flat, "dermoscopy": flat.clone(), "multispectral": torch.zeros(3, 16, 16),
+              "aux_mask": torch.tensor([True, False])}
+    aug = Augmentation(symmetries=False, color_jitter={"clinical": 0.3, "dermoscopy": 0.3, "multispectral": 0.3})
+    out = augment_sample(sample, aug, cfg, torch.Generator().manual_seed(0))
+    assert not torch.equal(out["clinical"], out["dermoscopy"])  # two captures, two draws
+    assert not out["multispectral"].any()  # absent: still the zeros the model masks out
+    raw = out["clinical"] * torch.tensor(cfg.std).view(3, 1, 1) + torch.tensor(cfg.mean).view(3, 1, 1)
+    low, high = 0.5 * 0.7 * 0.9 * 0.85, 0.5 * 1.3 * 1.1 * 1.15  # gain, cast and gradient at their extremes
+    assert low - 1e-5 <= raw.min() and raw.max() <= high + 1e-5
+
+
+def test_color_jitter_keeps_the_ratio_of_neighbouring_pixels():
+    """Gains multiply lesion and skin alike: the darkness of a lesion relative to the skin next to it survives."""
+    cfg = DataConfig(image_size=16)
+    raw = torch.full((3, 16, 16), 0.6)
+    raw[:, 6:10, 6:10] = 0.3  # a lesion at half the skin's value
+    image = (raw - torch.tensor(cfg.mean).view(3, 1, 1)) / torch.tensor(cfg.std).view(3, 1, 1)
+    out = color_jitter(image, "clinical", 0.3, cfg, torch.Generator().manual_seed(5))
+    out_raw = out * torch.tensor(cfg.std).view(3, 1, 1) + torch.tensor(cfg.mean).view(3, 1, 1)
+    ratio = out_raw[:, 7, 7] / out_raw[:, 7, 4]  # inside vs. three pixels away
+    torch.testing.assert_close(ratio, torch.full((3,), 0.5), atol=0.04, rtol=0)  # the gradient moves it a little
+
+
+def test_unknown_jitter_modality_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="'thermal'"):
+        Augmentation(color_jitter={"thermal": 0.2})
 
 
 def test_modality_dropout_clears_aux_bits_but_never_the_clinical_image():

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from model.severity import LABELS, severity_index
-from training.synth import SynthOptions, draw_cohort, generate, main, severity_score
+from training.synth import (
+    SHIFTED,
+    SynthOptions,
+    draw_cohort,
+    generate,
+    main,
+    severity_score,
+)
 
 N = 120
 
@@ -168,3 +175,85 @@ def test_cli_writes_requested_sizes_and_prints_a_summary(tmp_path, capsys):
     assert mask(out, "clinical", "L00001").shape == (150, 200)
     for view in ("dermoscopy", "multispectral"):
         assert cv2.imread(str(out / f"{view}/images/L00003.png")).shape == (96, 96, 3)
+
+
+# --------------------------------------------------------------------------------------------------- shifted benchmarks
+
+
+def shifted_pair(tmp_path: Path, **shift) -> tuple[Path, Path]:
+    """The same lesions written by the default generator and with ``shift``: every view of each, small images."""
+    common = {"n": 12, "seed": 8, "clinical_size": (128, 96), "dermoscopy_size": 64, "dermoscopy_fraction": 1.0,
+              "multispectral_fraction": 1.0}
+    return generate(tmp_path / "plain", **common), generate(tmp_path / "shifted", **common, **shift)
+
+
+def test_shift_options_left_at_their_defaults_change_no_byte(tmp_path):
+    defaults = {f: getattr(SynthOptions(), f) for f in SHIFTED}
+    plain, same = shifted_pair(tmp_path, **defaults)
+    for rel in ("labels.csv", "synth_truth.csv", "clinical/images/L00003.jpg", "dermoscopy/images/L00003.png",
+                "multispectral/images/L00003.png", "masks/clinical/L00003.png"):
+        assert (plain / rel).read_bytes() == (same / rel).read_bytes(), rel
+
+
+def test_lighting_shift_changes_the_photos_but_not_the_truth_or_the_relative_darkness(tmp_path):
+    plain, lit = shifted_pair(tmp_path, lighting=1.0)
+    assert (plain / "synth_truth.csv").read_bytes() == (lit / "synth_truth.csv").read_bytes()
+    changes, ratios = [], []
+    for r in read_csv(plain / "synth_truth.csv"):
+        lesion_id = r["lesion_id"]
+        for view in ("dermoscopy", "multispectral"):
+            a, b = (cv2.imread(str(d / f"{view}/images/{lesion_id}.png")).astype(np.float32) for d in (plain, lit))
+            changes.append(np.abs(a - b).mean())
+        inside = mask(plain, "dermoscopy", lesion_id)
+        for d in (plain, lit):  # lesion L* / skin L* in the evenly lit close view, before and after the shift
+            L = lab_L(d / f"dermoscopy/images/{lesion_id}.png")
+            ratios.append(np.median(L[inside]) / np.median(L[~inside]))
+    assert np.median(changes) > 3.0  # 8-bit levels: a visible change of exposure or colour
+    before, after = np.array(ratios[0::2]), np.array(ratios[1::2])
+    assert np.median(np.abs(after - before)) < 0.05  # L* is not linear in the gain, so only close
+
+
+def test_skin_tone_mix_follows_the_ita_range():
+    plain = [x.skin.ita_deg for x in draw_cohort(200, seed=2, opts=SynthOptions())]
+    dark = [x.skin.ita_deg for x in draw_cohort(200, seed=2, opts=SynthOptions(ita_range=(-50.0, 10.0)))]
+    assert max(dark) <= 10.0 + 1e-9 and min(dark) >= -50.0 - 1e-9
+    assert max(plain) > 30.0  # the default mix reaches light skin; the shifted one never does
+
+
+def test_irregular_shapes_keep_the_exact_area_and_stay_inside_the_field(tmp_path):
+    _, irregular = shifted_pair(tmp_path, shape_irregularity=1.8)
+    plain_amps = [sum(x.outline.amps) for x in draw_cohort(50, seed=8, opts=SynthOptions())]
+    shaped = draw_cohort(50, seed=8, opts=SynthOptions(shape_irregularity=1.8))
+    assert np.mean([sum(x.outline.amps) for x in shaped]) > 1.4 * np.mean(plain_amps)
+    assert max(x.outline.max_radius for x in shaped) <= 0.48
+    for r in read_csv(irregular / "synth_truth.csv"):
+        assert mask(irregular, "dermoscopy", r["lesion_id"]).mean() == pytest.approx(float(r["area_fraction"]),
+                                                                                    abs=4e-3)
+
+
+def test_clinical_zoom_frames_the_lesion_larger(tmp_path):
+    plain, zoomed = shifted_pair(tmp_path, clinical_scale=(0.7, 0.8))
+    for r in read_csv(plain / "synth_truth.csv"):
+        small, large = (mask(d, "clinical", r["lesion_id"]).mean() for d in (plain, zoomed))
+        assert large > 1.5 * small, r["lesion_id"]  # area grows with the square of the scale: >= (0.7/0.55)^2
+
+
+def test_camera_noise_and_jpeg_quality_degrade_the_clinical_photo(tmp_path):
+    plain, noisy = shifted_pair(tmp_path, camera_noise=8.0, jpeg_quality=40)
+
+    def roughness(path: Path) -> float:  # high-frequency energy: pixel minus its 3x3 blur
+        image = cv2.imread(str(path)).astype(np.float32)
+        return float(np.abs(image - cv2.blur(image, (3, 3))).mean())
+
+    for view, name in (("dermoscopy", "L00001.png"), ("clinical", "L00001.jpg")):
+        assert roughness(noisy / view / "images" / name) > 1.5 * roughness(plain / view / "images" / name), view
+
+
+def test_cli_shifted_writes_the_documented_shift_and_single_options_override_it(tmp_path, capsys):
+    main(["--out", str(tmp_path / "s"), "--n", "2", "--seed", "1", "--clinical-size", "128x96",
+          "--dermoscopy-size", "64", "--shifted", "--jpeg-quality", "80"])
+    header = (tmp_path / "s" / "README.txt").read_text().splitlines()[0]
+    assert "lighting=1.0" in header and "shape_irregularity=1.8" in header and "jpeg_quality=80" in header
+    assert "ita_range=(-50.0, 30.0)" in header and "2 lesions" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="lighting"):  # the CLI wrapper (model.cli.run) makes it one line, exit 2
+        main(["--out", str(tmp_path / "bad"), "--n", "2", "--lighting", "5"])

@@ -47,17 +47,31 @@ class TrainConfig:
     weight_decay: float = 1.0e-4
     lr_schedule: str = "constant"  # "constant" (the design) or "cosine" (decays to 0 over the epochs, per epoch)
     warmup_epochs: int = 0  # linear warm-up from learning_rate / (warmup_epochs + 1)
+    encoder_lr_scale: float = 1.0  # the encoders train at learning_rate x this (< 1: fine-tune pretrained ones gently)
+    early_stopping_patience: int = 0  # stop after this many epochs without a lower val_loss; 0: never
     grad_clip: float | None = None  # max gradient norm; None: no clipping
     modality_dropout: float = 0.0  # probability of dropping each auxiliary modality of a training sample
     augment: bool = True  # random flips and 90-degree rotations, the same draw for every modality of a sample
+    rotation_degrees: float = 0.0  # with augment: a further rotation in +-this (same draw for every modality)
+    crop_scale: float = 1.0  # with augment: zoom crops of side [crop_scale, 1] (same draw for every modality)
+    color_jitter: dict[str, float] = dataclasses.field(default_factory=dict)  # with augment: {modality: strength}
     num_workers: int = 4
     seed: int = 0
-    amp: bool = True  # mixed precision; only ever used on CUDA
-    threads: int = 0  # CPU threads for torch; 0: one per available core
+    amp: bool = True  # mixed precision on CUDA (fp16 with loss scaling)
+    cpu_precision: str = "auto"  # CPU: "auto" (bf16 autocast where the CPU has AVX-512 bf16/AMX), "fp32", "bf16"
+    channels_last: bool = False  # NHWC images and conv weights (only Swin's patch embedding is a convolution)
+    threads: int = 0  # CPU threads for torch; 0: model.cpu.threads_per_worker (the cores / processes per node)
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"training.lr_schedule={self.lr_schedule!r}; expected one of {LR_SCHEDULES}")
+        if self.cpu_precision not in CPU_PRECISIONS:
+            raise ValueError(f"training.cpu_precision={self.cpu_precision!r}; expected one of {CPU_PRECISIONS}")
+        if not 0.0 <= self.encoder_lr_scale <= 1.0:
+            raise ValueError(f"training.encoder_lr_scale must be in [0, 1], got {self.encoder_lr_scale}")
+        if self.early_stopping_patience < 0:
+            raise ValueError(f"training.early_stopping_patience must be >= 0 (0 = off), got "
+                             f"{self.early_stopping_patience}")
         if not 0.0 <= self.modality_dropout <= 1.0:
             raise ValueError(f"training.modality_dropout must be in [0, 1], got {self.modality_dropout}")
         for name in ("batch_size", "epochs"):
@@ -66,6 +80,7 @@ class TrainConfig:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+CPU_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)

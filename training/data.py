@@ -20,8 +20,10 @@ counts as no label) are skipped, counted in :attr:`DatasetIndex.skipped` and log
 ``patient_id`` each lesion is its own patient.
 
 The eval tensors come from the one scoring path (``model.scoring.prepare_files``), exactly what serving computes;
-training augmentation (flips, 90-degree rotations) acts on those tensors with one random draw per sample, so all
-modalities of a lesion stay aligned and the eval tensors can be cached once per lesion.
+training augmentation (:class:`Augmentation`) acts on those tensors, so the eval tensors can be cached once per
+lesion. Geometric ops (flips, 90-degree rotations, small rotations, zoom crops) use one random draw per sample for
+every modality, so the views of a lesion stay aligned; colour and lighting jitter draws per modality, since each
+view is its own capture.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -320,6 +324,48 @@ def lesion_tensors(lesion: Lesion, data_cfg: DataConfig) -> dict[str, Tensor]:
     return out
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """Random training ops on the eval tensors (the ``training`` config keys of the same names).
+
+    Attributes:
+        symmetries: a random element of the square's symmetry group (90-degree rotations, flip): exact, no
+            resampling, and the same draw for every modality.
+        rotation_degrees: a further rotation by an angle uniform in +-this, same draw for every modality.
+        crop_scale: zoom crops whose side is uniform in [crop_scale, 1] of the image, placed uniformly inside it
+            (same draw for every modality); 1 is off. Near 1, a lesion in the central part of the frame stays in
+            view; the dermoscopy's area fraction (part of the score) is relative to the frame, so keep it mild.
+        color_jitter: ``{modality: strength}``, an independent draw per modality: a global gain in
+            1 +- strength, a red/blue cast of +-strength/3 and an illumination gradient of up to strength across
+            the image (RGB views); gains on saturation and lightness (multispectral). Gains scale lesion and skin
+            alike, so the relative darkness the score depends on survives.
+    """
+
+    symmetries: bool = True
+    rotation_degrees: float = 0.0
+    crop_scale: float = 1.0
+    color_jitter: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rotation_degrees <= 180.0:
+            raise ValueError(f"training.rotation_degrees must be in [0, 180], got {self.rotation_degrees}")
+        if not 0.25 <= self.crop_scale <= 1.0:
+            raise ValueError(f"training.crop_scale must be in [0.25, 1] (1 = no crops), got {self.crop_scale}")
+        for name, strength in self.color_jitter.items():
+            if name not in MODALITIES:
+                raise ValueError(f"training.color_jitter: unknown modality {name!r}; expected some of {MODALITIES}")
+            if not 0.0 <= float(strength) < 1.0:
+                raise ValueError(f"training.color_jitter.{name} must be in [0, 1), got {strength}")
+
+    @property
+    def resamples(self) -> bool:
+        """Whether the geometric part needs interpolation (small rotations or crops)."""
+        return self.rotation_degrees > 0 or self.crop_scale < 1.0
+
+
+NO_AUGMENTATION = Augmentation(symmetries=False)
+
+
 class LesionDataset(Dataset):
     """Per sample: ``lesion_id``, ``clinical``/``dermoscopy``/``multispectral`` ``[3, S, S]`` (zeros if absent),
     ``aux_mask [2]`` bool (dermoscopy, multispectral present) and ``score`` (float32 scalar).
@@ -328,17 +374,19 @@ class LesionDataset(Dataset):
         lesions: the lesions to serve, in order.
         data_cfg: preprocessing (image size, normalization, multispectral simulation).
         train: apply augmentation and modality dropout; False gives the exact eval tensors.
-        augment: with ``train``, random horizontal flip and 90-degree rotation, one draw per sample.
+        augment: with ``train``, an :class:`Augmentation`; True means the exact symmetries only, False none.
         modality_dropout: with ``train``, probability of dropping each auxiliary modality (clinical never).
         cache: keep each lesion's eval tensors after the first decode (memory: 3 x 3 x S x S x 4 bytes per lesion).
     """
 
-    def __init__(self, lesions: list[Lesion], data_cfg: DataConfig, train: bool, augment: bool = True,
-                 modality_dropout: float = 0.0, cache: bool = False):
+    def __init__(self, lesions: list[Lesion], data_cfg: DataConfig, train: bool,
+                 augment: bool | Augmentation = True, modality_dropout: float = 0.0, cache: bool = False):
         self.lesions = list(lesions)
         self.data_cfg = data_cfg
         self.train = train
-        self.augment = augment and train
+        if not isinstance(augment, Augmentation):
+            augment = Augmentation() if augment else NO_AUGMENTATION
+        self.augmentation = augment if train else NO_AUGMENTATION
         self.modality_dropout = modality_dropout if train else 0.0
         self.cache: dict[int, dict[str, Tensor]] | None = {} if cache else None
 
@@ -348,8 +396,8 @@ class LesionDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         lesion = self.lesions[i]
         sample = dict(self._eval_tensors(i))
-        if self.augment:
-            sample.update(augment_paired({m: sample[m] for m in MODALITIES}))
+        if self.augmentation != NO_AUGMENTATION:
+            sample.update(augment_sample(sample, self.augmentation, self.data_cfg))
         if self.modality_dropout > 0:
             sample.update(drop_modalities(sample, self.modality_dropout))
         return {"lesion_id": lesion.lesion_id, **sample, "score": torch.tensor(lesion.score, dtype=torch.float32)}
@@ -385,6 +433,72 @@ class LesionDataset(Dataset):
         if i not in self.cache:
             self.cache[i] = lesion_tensors(self.lesions[i], self.data_cfg)
         return self.cache[i]
+
+
+def augment_sample(sample: dict[str, Tensor], aug: Augmentation, data_cfg: DataConfig,
+                   generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """The augmented images of one sample (``{modality: [3, S, S]}`` eval tensors plus ``aux_mask``).
+
+    Geometric ops first, one draw shared by every modality; then colour jitter, drawn per present modality (an
+    absent modality's zeros stay zeros).
+    """
+    images = {m: sample[m] for m in MODALITIES}
+    if aug.symmetries:
+        images = augment_paired(images, generator)
+    if aug.resamples:
+        images = affine_paired(images, aug.rotation_degrees, aug.crop_scale, generator)
+    present = {"clinical": True, **{m: bool(sample["aux_mask"][i]) for i, m in enumerate(AUX_MODALITIES)}}
+    for name, strength in aug.color_jitter.items():
+        if strength > 0 and present[name]:
+            images[name] = color_jitter(images[name], name, float(strength), data_cfg, generator)
+    return images
+
+
+def affine_paired(images: dict[str, Tensor], rotation_degrees: float, crop_scale: float,
+                  generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """Rotate by a random angle in +-``rotation_degrees`` and zoom into a random square crop of side
+    [``crop_scale``, 1] (placed inside the image), identically for every ``[3, S, S]`` image; the output keeps
+    the size. Bilinear, with reflected borders, so rotated corners show mirrored skin rather than a fill colour."""
+    angle = math.radians(float(torch.empty(1).uniform_(-rotation_degrees, rotation_degrees, generator=generator)))
+    side = float(torch.empty(1).uniform_(crop_scale, 1.0, generator=generator))
+    shift = (torch.rand(2, generator=generator) * 2 - 1) * (1 - side)  # crop centre, normalized coordinates
+    cos, sin = math.cos(angle) * side, math.sin(angle) * side
+    theta = torch.tensor([[cos, -sin, float(shift[0])], [sin, cos, float(shift[1])]], dtype=torch.float32)
+    names = list(images)
+    stack = torch.stack([images[m] for m in names])  # [M, 3, S, S]
+    grid = F.affine_grid(theta.expand(len(names), 2, 3), list(stack.shape), align_corners=False)
+    warped = F.grid_sample(stack, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return dict(zip(names, warped, strict=True))
+
+
+def color_jitter(image: Tensor, modality: str, strength: float, data_cfg: DataConfig,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """One modality's normalized ``[3, S, S]`` tensor under a random capture change (see :class:`Augmentation`).
+
+    Works in the tensor's own [0, 1] space (RGB, or hue/saturation/lightness for multispectral) and normalizes
+    back with the data config's statistics, clipping as a camera would.
+    """
+    multispectral = modality == "multispectral"
+    mean = torch.tensor(data_cfg.ms_mean if multispectral else data_cfg.mean).view(3, 1, 1)
+    std = torch.tensor(data_cfg.ms_std if multispectral else data_cfg.std).view(3, 1, 1)
+    raw = image * std + mean
+
+    def uniform(low: float, high: float, n: int = 1) -> Tensor:
+        return torch.empty(n).uniform_(low, high, generator=generator)
+
+    if multispectral:  # hue is an angle and a camera does not move it much; leave it
+        gains = torch.cat([torch.ones(1), uniform(1 - strength, 1 + strength, 2)]).view(3, 1, 1)
+        raw = raw * gains
+    else:
+        cast = float(uniform(-strength / 3, strength / 3))
+        gains = float(uniform(1 - strength, 1 + strength)) * torch.tensor([1 + cast, 1.0, 1 - cast]).view(3, 1, 1)
+        size = image.shape[-1]
+        coords = torch.linspace(-1.0, 1.0, size)
+        direction = float(uniform(0.0, 2 * math.pi))
+        ramp = coords.view(1, size) * math.cos(direction) + coords.view(size, 1) * math.sin(direction)
+        light = 1.0 + float(uniform(0.0, strength)) * ramp / 2  # [S, S], 1 +- strength/2 at the edges
+        raw = raw * gains * light
+    return (raw.clamp(0.0, 1.0) - mean) / std
 
 
 def augment_paired(images: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:

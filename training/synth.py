@@ -48,6 +48,25 @@ Every random draw comes from ``numpy.random.default_rng((seed, stream, index))``
 many lesions come before it, and the same seed and n give byte-identical files. Images are drawn at a working
 resolution of at most 512 px and resized up to the requested size, so phone-size photos
 (``--clinical-size 4000x3000 --dermoscopy-size 1024``) cost little more than their encoding.
+
+Shifted benchmarks
+------------------
+Options that move the generator away from the one the demo model trains on, to test generalisation inside the
+project. All are off by default (the files are then byte-identical to a generator without them); the ground truth
+and its formula never change, only how the lesion is photographed, on whom, and its outline:
+
+* ``lighting`` (0 = off, 1 = strong): harsher clinical lighting (gain, colour cast, illumination gradient and
+  vignette ranges widened by this factor) and a global gain and colour cast on the dermoscopy and multispectral
+  captures, which are evenly lit otherwise. Gains multiply skin and lesion alike, so the relative darkness holds.
+* ``clinical_scale`` (default 0.35-0.55): how large the lesion is framed in the clinical photo, as a fraction of
+  the photo height per dermoscopy-frame unit (zoom).
+* ``camera_noise`` (0 = off): extra Gaussian sensor noise in every view, in 8-bit levels (std); ``jpeg_quality``
+  (default 92) of the clinical JPEG.
+* ``ita_range`` (default -50 to 66 degrees): the skin-tone mix; e.g. (-50, 20) gives mostly tan to dark skin.
+* ``shape_irregularity`` (default 1): scales the caps of the outline's harmonics (1.8 gives far more irregular,
+  elongated lesions; the area formula stays exact).
+
+``--shifted`` sets the documented shifted benchmark, :data:`SHIFTED`; single options override it.
 """
 
 from __future__ import annotations
@@ -83,8 +102,9 @@ SKIN_L_RANGE = (30.0, 76.0)
 
 HARMONIC_MAX = np.array([0.15, 0.10, 0.07, 0.05])  # caps for harmonics k = 2..5: irregular, never self-crossing
 WORKING_MAX_SIDE = 512  # structure is drawn at most this large, then resized up
-# Independent random streams of a lesion (0 and 1 are the patients' lesion counts and skin tones).
-LESION_STREAMS = {"spec": 2, "dermoscopy": 3, "clinical": 4, "multispectral": 5}
+# Independent random streams of a lesion (0 and 1 are the patients' lesion counts and skin tones). "shift" feeds
+# only the shift options' extra draws, so switching them on never moves another stream's draws.
+LESION_STREAMS = {"spec": 2, "dermoscopy": 3, "clinical": 4, "multispectral": 5, "shift": 6}
 VIEWS = MODALITIES  # one image folder per modality
 TRUTH_COLUMNS = (
     "lesion_id", "patient_id", "score", "area_fraction", "darkness", "heterogeneity", "skin_L", "skin_a", "skin_b",
@@ -102,6 +122,13 @@ class SynthOptions:
     dermoscopy_fraction: float = 0.85
     multispectral_fraction: float = 0.35
     patients_max_lesions: int = 5
+    # Shift options (module docstring, "Shifted benchmarks"); these defaults are the unshifted generator.
+    lighting: float = 0.0
+    clinical_scale: tuple[float, float] = (0.35, 0.55)
+    camera_noise: float = 0.0
+    jpeg_quality: int = 92
+    ita_range: tuple[float, float] = ITA_RANGE
+    shape_irregularity: float = 1.0
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -114,6 +141,28 @@ class SynthOptions:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.patients_max_lesions < 1:
             raise ValueError(f"patients_max_lesions must be >= 1, got {self.patients_max_lesions}")
+        if not 0.0 <= self.lighting <= 2.0:
+            raise ValueError(f"lighting must be in [0, 2] (0 = off), got {self.lighting}")
+        if not 0.1 <= self.clinical_scale[0] <= self.clinical_scale[1] <= 0.9:
+            raise ValueError(f"clinical_scale must be (low, high) with 0.1 <= low <= high <= 0.9, got "
+                             f"{self.clinical_scale}")
+        if not 0.0 <= self.camera_noise <= 50.0:
+            raise ValueError(f"camera_noise is a std in 8-bit levels in [0, 50], got {self.camera_noise}")
+        if not 5 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in [5, 100], got {self.jpeg_quality}")
+        if not ITA_RANGE[0] <= self.ita_range[0] <= self.ita_range[1] <= ITA_RANGE[1]:
+            raise ValueError(f"ita_range must be (low, high) within {ITA_RANGE} degrees, got {self.ita_range}")
+        if not 0.0 <= self.shape_irregularity <= 1.0 / float(HARMONIC_MAX.sum()):
+            # r(t) > 0 needs the harmonics' amplitudes to sum below 1
+            raise ValueError(f"shape_irregularity must be in [0, {1.0 / float(HARMONIC_MAX.sum()):.2f}], got "
+                             f"{self.shape_irregularity}")
+
+
+SHIFTED: dict[str, object] = {
+    "lighting": 1.0, "clinical_scale": (0.25, 0.7), "camera_noise": 4.0, "jpeg_quality": 60,
+    "ita_range": (-50.0, 30.0), "shape_irregularity": 1.8,
+}
+"""The documented shifted benchmark (``--shifted``): every shift at once, each well outside the default."""
 
 
 # --------------------------------------------------------------------------------------------------- skin tones
@@ -137,9 +186,9 @@ class SkinTone:
         return ita_band(self.ita_deg)
 
 
-def draw_skin_tone(rng: np.random.Generator) -> SkinTone:
-    """A skin tone with ITA uniform over ITA_RANGE; b* gives way when L* would leave SKIN_L_RANGE."""
-    slope = math.tan(math.radians(rng.uniform(*ITA_RANGE)))
+def draw_skin_tone(rng: np.random.Generator, ita_range: tuple[float, float] = ITA_RANGE) -> SkinTone:
+    """A skin tone with ITA uniform over ``ita_range``; b* gives way when L* would leave SKIN_L_RANGE."""
+    slope = math.tan(math.radians(rng.uniform(*ita_range)))
     b = float(rng.uniform(10.0, 19.0))
     L = 50.0 + b * slope
     if not SKIN_L_RANGE[0] <= L <= SKIN_L_RANGE[1]:  # slope != 0 here, since L = 50 is in range
@@ -228,10 +277,9 @@ def draw_lesion(rng: np.random.Generator, index: int, patient_id: str, skin: Ski
     """Latent factors, outline and which views exist; the order of draws is part of the seed contract."""
     u_area, darkness, heterogeneity = _correlated_uniforms(rng, 3, FACTOR_CORRELATION)
     area = AREA_RANGE[0] + (AREA_RANGE[1] - AREA_RANGE[0]) * u_area
-    amps = tuple(float(a) for a in rng.uniform(0.0, HARMONIC_MAX))
+    amps = tuple(float(a) for a in rng.uniform(0.0, HARMONIC_MAX * opts.shape_irregularity))
     phases = tuple(float(p) for p in rng.uniform(0.0, 2.0 * math.pi, len(amps)))
-    r0 = math.sqrt(area / (math.pi * (1.0 + 0.5 * sum(a * a for a in amps))))
-    outline = Outline(r0=r0, amps=amps, phases=phases)
+    outline = _outline_within(area, amps, phases, max_radius=0.48)
     slack = max(0.0, 0.48 - outline.max_radius)  # keep the whole lesion inside the dermoscopy field
     centre = tuple(float(c) for c in 0.5 + rng.uniform(-slack, slack, 2))
     has_dermoscopy, has_multispectral = rng.uniform(size=2) < (opts.dermoscopy_fraction, opts.multispectral_fraction)
@@ -249,6 +297,19 @@ def draw_lesion(rng: np.random.Generator, index: int, patient_id: str, skin: Ski
     )
 
 
+def _outline_within(area: float, amps: tuple[float, ...], phases: tuple[float, ...], max_radius: float) -> Outline:
+    """The outline of exactly ``area`` with these harmonics, damped until it fits within ``max_radius``.
+
+    Only a ``shape_irregularity`` above 1 ever needs the damping (the default caps reach at most 0.464).
+    """
+    while True:
+        r0 = math.sqrt(area / (math.pi * (1.0 + 0.5 * sum(a * a for a in amps))))
+        outline = Outline(r0=r0, amps=amps, phases=phases)
+        if outline.max_radius <= max_radius:
+            return outline
+        amps = tuple(0.95 * a for a in amps)
+
+
 def draw_cohort(n: int, seed: int, opts: SynthOptions) -> list[Lesion]:
     """``n`` lesions over patients of 1..patients_max_lesions lesions each, numbered in order."""
     counts_rng = np.random.default_rng((seed, 0))
@@ -256,7 +317,7 @@ def draw_cohort(n: int, seed: int, opts: SynthOptions) -> list[Lesion]:
     patient = 0
     while len(lesions) < n:
         patient += 1
-        skin = draw_skin_tone(np.random.default_rng((seed, 1, patient)))
+        skin = draw_skin_tone(np.random.default_rng((seed, 1, patient)), opts.ita_range)
         for _ in range(min(int(counts_rng.integers(1, opts.patients_max_lesions + 1)), n - len(lesions))):
             rng = np.random.default_rng((seed, LESION_STREAMS["spec"], len(lesions)))
             lesions.append(draw_lesion(rng, len(lesions), f"P{patient:04d}", skin, opts))
@@ -392,17 +453,19 @@ def multispectral_rgb(lesion: Lesion, lab: np.ndarray, rng: np.random.Generator)
 
 
 def clinical_rgb(
-    lesion: Lesion, size_wh: tuple[int, int], rng: np.random.Generator
+    lesion: Lesion, size_wh: tuple[int, int], rng: np.random.Generator, opts: SynthOptions = SynthOptions(),
+    shift_rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, tuple[tuple[float, float], float]]:
     """The wide photo at ``size_wh`` -> (float RGB [H, W, 3], (centre, scale) of the lesion as outline_alpha takes).
 
     The lesion is a smooth blob of its base colour (fine structure does not resolve at this scale) under random
     global gain, colour temperature, an illumination gradient and a vignette. The gains multiply skin and lesion
-    alike, so the relative darkness that the score uses is unchanged.
+    alike, so the relative darkness that the score uses is unchanged. ``opts.lighting`` > 0 widens every lighting
+    range with extra draws from ``shift_rng``; ``opts.clinical_scale`` is the zoom range.
     """
     w, h = size_wh
     skin = lesion.skin
-    scale = rng.uniform(0.35, 0.55)  # dermoscopy-frame units -> fraction of photo height
+    scale = rng.uniform(*opts.clinical_scale)  # dermoscopy-frame units -> fraction of photo height
     reach = lesion.outline.max_radius * scale * h + 2.0
     cx = _uniform_within(rng, (0.2 * w, 0.8 * w), (reach, w - reach)) / w
     cy = _uniform_within(rng, (0.2 * h, 0.8 * h), (reach, h - reach)) / h
@@ -421,7 +484,24 @@ def clinical_rgb(
     vignette = 1.0 - rng.uniform(0.0, 0.3) * (xs**2 + ys**2) / 2.0
     temperature = rng.uniform(-1.0, 1.0)
     gains = rng.uniform(0.75, 1.15) * np.array([1 + 0.08 * temperature, 1.0, 1 - 0.08 * temperature], np.float32)
-    return np.clip(rgb * (gradient * vignette)[..., None] * gains, 0.0, 1.0), ((cx, cy), scale)
+    if opts.lighting > 0:
+        assert shift_rng is not None
+        strength = opts.lighting
+        direction = shift_rng.uniform(0.0, 2 * math.pi)
+        ramp = xs * math.cos(direction) + ys * math.sin(direction)
+        gradient = gradient + shift_rng.uniform(0.0, 0.3 * strength) * ramp
+        vignette = vignette - shift_rng.uniform(0.0, 0.3 * strength) * (xs**2 + ys**2) / 2.0
+        gains = gains * lighting_gains(shift_rng, strength)
+    light = np.clip(gradient * vignette, 0.2, None)
+    return np.clip(rgb * light[..., None] * gains, 0.0, 1.0), ((cx, cy), scale)
+
+
+def lighting_gains(rng: np.random.Generator, strength: float) -> np.ndarray:
+    """A shifted capture's global gain and colour cast: per-channel RGB gains ``[3]`` (strength 1: gain 0.65-1.15,
+    red/blue cast up to +-12 %, a green/magenta tint up to +-5 %)."""
+    gain = rng.uniform(1.0 - 0.35 * strength, 1.0 + 0.15 * strength)
+    cast, tint = rng.uniform(-0.12 * strength, 0.12 * strength), rng.uniform(-0.05 * strength, 0.05 * strength)
+    return (gain * np.array([1 + cast, 1 + tint, 1 - cast], np.float32)).astype(np.float32)
 
 
 def _uniform_within(rng: np.random.Generator, preferred: tuple[float, float], allowed: tuple[float, float]) -> float:
@@ -440,23 +520,33 @@ def write_lesion(lesion: Lesion, out_dir: Path, seed: int, opts: SynthOptions) -
     """
     name = f"{lesion.lesion_id}.png"
     rngs = {view: np.random.default_rng((seed, LESION_STREAMS[view], lesion.index)) for view in VIEWS}
+    shift_rng = np.random.default_rng((seed, LESION_STREAMS["shift"], lesion.index))
+    extra_noise = opts.camera_noise / 255
     derm_size = (opts.dermoscopy_size, opts.dermoscopy_size)
     lab = dermoscopy_lab(lesion, working_size(derm_size)[0], rngs["dermoscopy"])
     if lesion.has_dermoscopy:
-        image = add_glints(lab_to_rgb(lab), rngs["dermoscopy"])
-        _imwrite(out_dir / "dermoscopy/images" / name, finish(image, derm_size, rngs["dermoscopy"], 1 / 255))
+        image = _relit(add_glints(lab_to_rgb(lab), rngs["dermoscopy"]), shift_rng, opts.lighting)
+        _imwrite(out_dir / "dermoscopy/images" / name,
+                 finish(image, derm_size, rngs["dermoscopy"], 1 / 255 + extra_noise))
     if lesion.has_multispectral:
-        image = multispectral_rgb(lesion, lab, rngs["multispectral"])
-        _imwrite(out_dir / "multispectral/images" / name, finish(image, derm_size, rngs["multispectral"], 1 / 255))
+        image = _relit(multispectral_rgb(lesion, lab, rngs["multispectral"]), shift_rng, opts.lighting)
+        _imwrite(out_dir / "multispectral/images" / name,
+                 finish(image, derm_size, rngs["multispectral"], 1 / 255 + extra_noise))
     derm_mask = outline_alpha(lesion.outline, derm_size, lesion.centre, 1.0, edge_px=1.0)
     _imwrite(out_dir / "masks/dermoscopy" / name, mask_image(derm_mask))
 
     rng = rngs["clinical"]
-    image, (centre, scale) = clinical_rgb(lesion, working_size(opts.clinical_size), rng)
-    image = finish(image, opts.clinical_size, rng, rng.uniform(1.5, 3.5) / 255)
-    _imwrite(out_dir / "clinical/images" / f"{lesion.lesion_id}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    image, (centre, scale) = clinical_rgb(lesion, working_size(opts.clinical_size), rng, opts, shift_rng)
+    image = finish(image, opts.clinical_size, rng, rng.uniform(1.5, 3.5) / 255 + extra_noise)
+    _imwrite(out_dir / "clinical/images" / f"{lesion.lesion_id}.jpg", image,
+             [cv2.IMWRITE_JPEG_QUALITY, opts.jpeg_quality])
     clin_mask = outline_alpha(lesion.outline, opts.clinical_size, centre, scale, edge_px=1.0)
     _imwrite(out_dir / "masks/clinical" / name, mask_image(clin_mask))
+
+
+def _relit(rgb: np.ndarray, rng: np.random.Generator, lighting: float) -> np.ndarray:
+    """A close-view capture under ``lighting_gains`` (shifted benchmarks only; unchanged when ``lighting`` is 0)."""
+    return np.clip(rgb * lighting_gains(rng, lighting), 0.0, 1.0) if lighting > 0 else rgb
 
 
 def _imwrite(path: Path, image: np.ndarray, params: list[int] | None = None) -> None:
@@ -559,13 +649,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dermoscopy-fraction", type=float, default=defaults.dermoscopy_fraction)
     p.add_argument("--multispectral-fraction", type=float, default=defaults.multispectral_fraction)
     p.add_argument("--patients-max-lesions", type=int, default=defaults.patients_max_lesions)
+    shift = p.add_argument_group("shifted benchmark (all off by default; see the module docstring)")
+    shift.add_argument("--shifted", action="store_true", help=f"the documented shifted benchmark: {SHIFTED}")
+    shift.add_argument("--lighting", type=float, help="0 = off, 1 = strong lighting shift")
+    shift.add_argument("--clinical-scale", type=_pair, metavar="LOW,HIGH", help="lesion zoom in the clinical photo "
+                                                                                "(default 0.35,0.55)")
+    shift.add_argument("--camera-noise", type=float, help="extra sensor noise std in 8-bit levels (default 0)")
+    shift.add_argument("--jpeg-quality", type=int, help="clinical JPEG quality (default 92)")
+    shift.add_argument("--ita-range", type=_pair, metavar="LOW,HIGH", help="skin-tone ITA range in degrees "
+                                                                           "(default -50,66)")
+    shift.add_argument("--shape-irregularity", type=float, help="scale of the outline harmonics (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace the synthetic data already in --out")
     return p.parse_args(argv)
 
 
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH such as 0.25,0.7, got {text!r}") from None
+    return low, high
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    options = {f.name: getattr(args, f.name) for f in fields(SynthOptions)}
+    options = dict(SHIFTED) if args.shifted else {}
+    options.update({f.name: getattr(args, f.name) for f in fields(SynthOptions)
+                    if getattr(args, f.name, None) is not None})
     start = time.perf_counter()
     out_dir = generate(args.out, args.n, args.seed, **options)  # a user's mistake: one line via model.cli.run
     print(summary_line(out_dir, time.perf_counter() - start))

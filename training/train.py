@@ -38,11 +38,17 @@ from tqdm import tqdm
 
 from model.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from model.cli import run
-from model.cpu import threads_per_worker
+from model.cpu import bf16_units, threads_per_worker
 from model.fusion_model import FusionModel
 from training import distributed
 from training.config import RunConfig, TrainConfig, load_config, save_config
-from training.data import DatasetIndex, LesionDataset, index_dataset, split_by_patient
+from training.data import (
+    Augmentation,
+    DatasetIndex,
+    LesionDataset,
+    index_dataset,
+    split_by_patient,
+)
 from training.distributed import Dist, all_reduce_sums
 
 log = logging.getLogger("training.train")
@@ -91,6 +97,8 @@ def main(argv: list[str] | None = None) -> Path:
         torch.manual_seed(cfg.training.seed)
         loaders = build_loaders(args.data, cfg, env)
         model = FusionModel(cfg.model, cfg.data.image_size).to(device)
+        if cfg.training.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         fit(model, loaders, cfg, args.out, device, resume=args.resume, progress=not args.quiet, env=env)
         ok = True
     finally:
@@ -131,7 +139,7 @@ def build_loaders(data: Path, cfg: RunConfig, env: Dist = Dist()) -> Loaders:
     index = index_dataset(data)
     opts, tcfg = cfg.data_options, cfg.training
     train_lesions, val_lesions = split_by_patient(index.lesions, opts.val_fraction, opts.split_seed)
-    train_ds = LesionDataset(train_lesions, cfg.data, train=True, augment=tcfg.augment,
+    train_ds = LesionDataset(train_lesions, cfg.data, train=True, augment=augmentation(tcfg),
                              modality_dropout=tcfg.modality_dropout, cache=opts.cache_images)
     val_ds = LesionDataset(val_lesions, cfg.data, train=False, cache=opts.cache_images)
     if opts.cache_images or opts.skip_bad_images:
@@ -163,9 +171,67 @@ def build_loaders(data: Path, cfg: RunConfig, env: Dist = Dist()) -> Loaders:
     )
 
 
+def augmentation(tcfg: TrainConfig) -> Augmentation | bool:
+    """The training config's augmentation keys as the dataset takes them (False: none)."""
+    if not tcfg.augment:
+        return False
+    return Augmentation(rotation_degrees=tcfg.rotation_degrees, crop_scale=tcfg.crop_scale,
+                        color_jitter=dict(tcfg.color_jitter))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the training forward runs: autocast ``dtype`` on ``device_type`` (None: fp32), loss scaling or not."""
+
+    dtype: torch.dtype | None
+    device_type: str
+    scale_loss: bool = False  # fp16 on CUDA needs a GradScaler; bf16 has fp32's exponent range and does not
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+
+def resolve_precision(tcfg: TrainConfig, device: torch.device, has_bf16: bool | None = None) -> Precision:
+    """CUDA: fp16 autocast with loss scaling when ``training.amp``. CPU: ``training.cpu_precision``, where "auto"
+    means bf16 autocast on CPUs with native bf16 matmuls (AVX-512 bf16 or AMX, read from /proc/cpuinfo at run time)
+    and fp32 elsewhere, since emulated bf16 is slower than fp32."""
+    if device.type == "cuda":
+        return Precision(torch.float16 if tcfg.amp else None, "cuda", scale_loss=tcfg.amp)
+    native = bool(bf16_units()) if has_bf16 is None else has_bf16
+    if tcfg.cpu_precision == "bf16" and not native:
+        raise ValueError("training.cpu_precision=bf16, but this CPU has no native bf16 (AVX-512 bf16 or AMX); "
+                         "use training.cpu_precision=auto or fp32")
+    bf16 = tcfg.cpu_precision == "bf16" or (tcfg.cpu_precision == "auto" and native)
+    return Precision(torch.bfloat16 if bf16 else None, device.type)
+
+
+def parameter_groups(model: FusionModel, tcfg: TrainConfig) -> list[dict[str, Any]]:
+    """Two AdamW groups: the encoders at ``learning_rate x encoder_lr_scale``, fusion and head at
+    ``learning_rate``; ``lr_scale`` in each group lets the schedule scale both alike."""
+    encoder = [p for p in model.encoders.parameters() if p.requires_grad]
+    encoder_ids = {id(p) for p in encoder}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder_ids]
+    return [
+        {"params": encoder, "name": "encoders", "lr_scale": tcfg.encoder_lr_scale},
+        {"params": rest, "name": "fusion_head", "lr_scale": 1.0},
+    ]
+
+
+def epochs_since_best(history: list[dict[str, float]]) -> int:
+    """Epochs after the one with the lowest val_loss (0 when the latest is the best)."""
+    if not history:
+        return 0
+    best = min(range(len(history)), key=lambda i: history[i]["val_loss"])
+    return len(history) - 1 - best
 
 
 def fit(model: FusionModel, loaders: Loaders, cfg: RunConfig, out_dir: Path, device: torch.device,
@@ -177,23 +243,30 @@ def fit(model: FusionModel, loaders: Loaders, cfg: RunConfig, out_dir: Path, dev
     the same keys as a single-process run) and history.
     """
     tcfg = cfg.training
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.learning_rate, weight_decay=tcfg.weight_decay)
-    use_amp = tcfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    optimizer = torch.optim.AdamW(parameter_groups(model, tcfg), lr=tcfg.learning_rate,
+                                  weight_decay=tcfg.weight_decay)
+    precision = resolve_precision(tcfg, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.scale_loss)
     state = {"epoch": 0, "best_val": math.inf, "history": []}
     if resume:
         state = restore(out_dir / "last.pth", model, optimizer, scaler, loaders)  # every rank loads last.pth
     trained = wrap_for_ddp(model, env, device)
     progress = progress and env.is_main
+    log.info("training in %s on %s with %d thread(s)", precision.name, device, torch.get_num_threads())
     for epoch in range(state["epoch"] + 1, tcfg.epochs + 1):
+        if tcfg.early_stopping_patience and epochs_since_best(state["history"]) >= tcfg.early_stopping_patience:
+            log.info("early stopping: val_loss has not improved for %d epochs (best at epoch %d)",
+                     tcfg.early_stopping_patience, epoch - 1 - tcfg.early_stopping_patience)
+            break
         started = time.time()
         if env.launched:
             seed_rank_for_epoch(loaders, tcfg.seed, epoch, env)
         lr = set_learning_rate(optimizer, tcfg, epoch)
-        train_loss = train_one_epoch(trained, loaders.train, optimizer, scaler, tcfg, device, use_amp,
+        train_loss = train_one_epoch(trained, loaders.train, optimizer, scaler, tcfg, device, precision,
                                      desc=f"epoch {epoch}/{tcfg.epochs} [train]", progress=progress)
         # The bare model: evaluation needs no gradient sync, and each rank scores its own validation batches.
-        val_loss, val_mae = validate(model, loaders.val, device, use_amp, progress=progress,
+        # CUDA validates under the training autocast as before; the CPU validates in fp32, the serving reference.
+        val_loss, val_mae = validate(model, loaders.val, device, precision.scale_loss, progress=progress,
                                      desc=f"epoch {epoch}/{tcfg.epochs} [val]")
         row = dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_mae=val_mae, lr=lr,
                    seconds=round(time.time() - started, 2))
@@ -247,7 +320,10 @@ def seed_rank_for_epoch(loaders: Loaders, seed: int, epoch: int, env: Dist) -> N
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, tcfg: TrainConfig, epoch: int) -> float:
-    """The learning rate for 1-based ``epoch``: linear warm-up, then constant or cosine decay (per epoch)."""
+    """The learning rate for 1-based ``epoch``: linear warm-up, then constant or cosine decay (per epoch).
+
+    Returns the base rate; each parameter group gets it times its ``lr_scale`` (see :func:`parameter_groups`).
+    """
     if epoch <= tcfg.warmup_epochs:
         lr = tcfg.learning_rate * epoch / (tcfg.warmup_epochs + 1)
     elif tcfg.lr_schedule == "cosine":
@@ -256,21 +332,22 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, tcfg: TrainConfig, epoch
     else:
         lr = tcfg.learning_rate
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler, tcfg: TrainConfig, device: torch.device, use_amp: bool,
+                    scaler: torch.amp.GradScaler, tcfg: TrainConfig, device: torch.device, precision: Precision,
                     desc: str = "train", progress: bool = True) -> float:
     """One pass over ``loader``; returns the mean MSE per sample."""
     model.train()
     total, count = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    memory_format = torch.channels_last if tcfg.channels_last else None
     for batch in bar:
         target = batch["score"].to(device)
-        with torch.autocast(device.type, enabled=use_amp):
-            pred = predict_batch(model, batch, device)
+        with precision.autocast():
+            pred = predict_batch(model, batch, device, memory_format=memory_format)
         loss = nn.functional.mse_loss(pred.float(), target)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -304,11 +381,13 @@ def validate(model: nn.Module, loader: DataLoader, device: torch.device, use_amp
 
 
 def predict_batch(model: nn.Module, batch: dict[str, Any], device: torch.device,
-                  aux_mask: Tensor | None = None) -> Tensor:
+                  aux_mask: Tensor | None = None, memory_format: torch.memory_format | None = None) -> Tensor:
     """A collated :class:`LesionDataset` batch -> scores ``[B]``; ``aux_mask`` overrides the batch's own."""
     mask = batch["aux_mask"] if aux_mask is None else aux_mask
-    return model(batch["clinical"].to(device, non_blocking=True), batch["dermoscopy"].to(device, non_blocking=True),
-                 batch["multispectral"].to(device, non_blocking=True), mask.to(device)).score
+    images = [batch[m].to(device, non_blocking=True) for m in ("clinical", "dermoscopy", "multispectral")]
+    if memory_format is not None:
+        images = [x.contiguous(memory_format=memory_format) for x in images]
+    return model(*images, mask.to(device)).score
 
 
 # ---------------------------------------------------------------------------------------------------------------
