@@ -12,7 +12,9 @@ Two ways to describe a dataset, chosen by what ``--data`` points at:
 
 * a manifest CSV with columns ``lesion_id, clinical, dermoscopy, multispectral, score, patient_id`` (paths relative
   to the CSV's folder or absolute; an empty cell means absent; dermoscopy, multispectral and patient_id columns are
-  optional).
+  optional), and optionally ``split`` (``train``, ``val`` or ``test``: when filled, training uses it instead of the
+  random patient split, see :func:`split_from_manifest`), ``skin_tone_band`` and ``site`` (evaluation reports
+  metrics per value). ``python -m training.import_data`` writes such manifests from Derm7pt and the ISIC Archive.
 
 Policy, so nothing disappears silently: lesions without a clinical image or without a label (an empty score cell
 counts as no label) are skipped, counted in :attr:`DatasetIndex.skipped` and logged. A score that is not a number in
@@ -51,6 +53,8 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".
                                      ".avif")
 LABELS_FILE = "labels.csv"
 SKIP_REASONS: tuple[str, ...] = ("no_clinical_image", "no_label", "bad_image")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+"""Values of a manifest's ``split`` column."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,9 @@ class Lesion:
     patient_id: str
     dermoscopy: Path | None = None
     multispectral: Path | None = None
+    split: str | None = None  # a manifest's fixed split (SPLITS), None for the random patient split
+    skin_tone_band: str | None = None  # from a manifest; None: evaluation measures it
+    site: str | None = None  # body site, from a manifest
 
     def path(self, modality: str) -> Path | None:
         return getattr(self, modality)
@@ -178,6 +185,7 @@ def _index_manifest(path: Path) -> DatasetIndex:
         seen.add(lesion_id)
         files = {m: _manifest_path(row, m, path, line) for m in MODALITIES}
         score = _score(row, path, line)
+        split = _split(row, path, line)
         if files["clinical"] is None:
             index.skipped["no_clinical_image"].append(lesion_id)
         elif score is None:
@@ -185,8 +193,23 @@ def _index_manifest(path: Path) -> DatasetIndex:
         else:
             patient = (row.get("patient_id") or "").strip() or lesion_id
             index.lesions.append(Lesion(lesion_id, files["clinical"], score, patient,
-                                        files["dermoscopy"], files["multispectral"]))
+                                        files["dermoscopy"], files["multispectral"], split,
+                                        _optional_cell(row, "skin_tone_band"), _optional_cell(row, "site")))
     return index
+
+
+def _split(row: dict[str, str], path: Path, line: int) -> str | None:
+    cell = (row.get("split") or "").strip().lower()
+    if not cell:
+        return None
+    if cell not in SPLITS:
+        raise ValueError(f"{path}, line {line}: split {cell!r} is not one of {SPLITS}; fix the cell or leave the "
+                         f"whole column empty for a random patient split")
+    return cell
+
+
+def _optional_cell(row: dict[str, str], column: str) -> str | None:
+    return (row.get(column) or "").strip() or None
 
 
 def _manifest_path(row: dict[str, str], modality: str, manifest: Path, line: int) -> Path | None:
@@ -275,6 +298,26 @@ def split_by_patient(lesions: list[Lesion], val_fraction: float = 0.2,
     train = [x for x in lesions if x.patient_id not in val_patients]
     val = [x for x in lesions if x.patient_id in val_patients]
     return train, val
+
+
+def split_from_manifest(lesions: list[Lesion]) -> dict[str, list[Lesion]] | None:
+    """``{"train", "val", "test": lesions}`` from a manifest's ``split`` column, or None when the column is empty.
+
+    A split given for some lesions only is an error (a lesion without one would be silently left out or silently
+    trained on). Test lesions are never trained or validated on; ``evaluate --split test`` scores them.
+    """
+    given = [x for x in lesions if x.split is not None]
+    if not given:
+        return None
+    if len(given) != len(lesions):
+        missing = [x.lesion_id for x in lesions if x.split is None]
+        raise ValueError(f"{len(missing)} lesion(s) have no split (e.g. {missing[:5]}) while others do; fill the "
+                         f"split column for every row ({', '.join(SPLITS)}) or for none")
+    parts = {name: [x for x in lesions if x.split == name] for name in SPLITS}
+    if not parts["train"] or not parts["val"]:
+        raise ValueError(f"the manifest's split has {len(parts['train'])} train and {len(parts['val'])} val "
+                         f"lesions; both need at least one")
+    return parts
 
 
 def select(lesions: list[Lesion], lesion_ids: list[str], source: str = "data") -> list[Lesion]:

@@ -2,7 +2,8 @@
 
 Every labelled lesion in DATA is scored with all the modalities it has (a simulated multispectral view counts when
 the checkpoint's data config simulates it, as in training), then again with each modality subset by masking the
-inputs. ``--split val`` scores only the checkpoint's own validation lesions (DATA must be its training data).
+inputs. ``--split val`` scores only the checkpoint's own validation lesions, ``--split test`` the test lesions of a
+manifest's fixed split (DATA must be its training data).
 
 Writes to OUT:
 
@@ -13,8 +14,8 @@ Writes to OUT:
 * ``score_distribution.png``, ``severity_distribution.png``, ``pred_vs_true.png``, ``reliability.png`` (mean true vs
   mean predicted score per predicted-score bin, with the lesions of each bin counted per skin-tone band)
 
-Skin tone: the ``skin_tone_band`` column of DATA's ``synth_truth.csv`` when there is one (the synthetic benchmark),
-else the ITA band of the skin around the lesion measured by ``model.colorimetry`` on the dermoscopy image (else the
+Skin tone: the ``skin_tone_band`` column of a manifest when every lesion has one (``training.import_data`` writes
+it), else that column of DATA's ``synth_truth.csv`` when there is one (the synthetic benchmark), else the ITA band of the skin around the lesion measured by ``model.colorimetry`` on the dermoscopy image (else the
 clinical one); a lesion whose segmentation fails is ``unmeasured``.
 
 ``summary.json`` keys (a "metrics block" is ``n, mse, mae, rmse, spearman, severity_accuracy, quadratic_kappa,
@@ -40,7 +41,9 @@ confusion_matrix``; the matrix is 3x3, rows = true Mild/Moderate/Severe, columns
 ``severity_counts``            ``{"true": {Mild, Moderate, Severe}, "pred": {...}}``
 ``by_skin_tone``               ``{band: metrics block}`` for each band of ``model.colorimetry.SKIN_TONE_BANDS`` (light
                                to dark; ``{"n": 0}`` when empty), then ``unmeasured`` if any; the n sum to n_lesions
-``skin_tone_source``           ``"synth_truth.csv"`` or ``"measured_ita"`` (dermoscopy, else clinical)
+``skin_tone_source``           ``"manifest"``, ``"synth_truth.csv"`` or ``"measured_ita"`` (dermoscopy, else clinical)
+``by_site``                    ``{site: metrics block}`` when the manifest gives a ``site`` (lesions without one:
+                               ``unknown``); absent otherwise
 ``bootstrap``                  95% percentile intervals resampling lesions: ``{"mae": [lo, hi], "quadratic_kappa":
                                [lo, hi] or null, "n_resamples": 1000, "seed": 0}``
 =============================  ================================================================================
@@ -91,8 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, required=True, help="e.g. RUN_DIR/best_model.pth")
     p.add_argument("--data", type=Path, required=True, help="dataset folder or manifest .csv")
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.csv, summary.json and plots")
-    p.add_argument("--split", choices=("all", "val"), default="all",
-                   help="all labelled lesions (default) or only the checkpoint's validation split")
+    p.add_argument("--split", choices=("all", "val", "test"), default="all",
+                   help="all labelled lesions (default), or only the checkpoint's validation or test lesions")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p.parse_args(argv)
@@ -110,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary.update(checkpoint=str(args.checkpoint), data=str(args.data), data_hash=index.data_hash,
                    split=args.split, skipped=index.skip_counts(), skin_tone_source=tone_source,
                    by_skin_tone=by_skin_tone(lesions, predictions["available"], tones, loaded))
+    if any(x.site for x in lesions):
+        summary["by_site"] = by_site(lesions, predictions["available"], loaded)
     write_outputs(args.out, loaded, lesions, predictions, summary, tones)
     print_summary(summary, args.out)
     return summary
@@ -118,9 +123,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def lesions_for_split(lesions: list[Lesion], split: str, provenance: dict[str, Any], source: str) -> list[Lesion]:
     if split == "all":
         return lesions
-    ids = (provenance.get("split") or {}).get("val")
+    ids = (provenance.get("split") or {}).get(split)
     if not ids:
-        raise ValueError("this checkpoint records no validation split; evaluate with --split all")
+        raise ValueError(f"this checkpoint records no {split} lesions (a test split comes from a manifest's split "
+                         f"column); evaluate with --split all")
     return select(lesions, list(ids), source)
 
 
@@ -183,7 +189,10 @@ def summarize(loaded: LoadedModel, lesions: list[Lesion], predictions: dict[str,
 
 
 def skin_tones(lesions: list[Lesion], data: Path) -> tuple[list[str], str]:
-    """Each lesion's skin-tone band and where the bands came from (``"synth_truth.csv"`` or ``"measured_ita"``)."""
+    """Each lesion's skin-tone band and where the bands came from (``"manifest"``, ``"synth_truth.csv"`` or
+    ``"measured_ita"``)."""
+    if lesions and all(x.skin_tone_band for x in lesions):
+        return [x.skin_tone_band for x in lesions], "manifest"
     truth = (data if data.is_dir() else data.parent) / "synth_truth.csv"
     if truth.is_file():
         with truth.open(newline="") as f:
@@ -210,6 +219,14 @@ def by_skin_tone(lesions: list[Lesion], pred: np.ndarray, tones: list[str], load
     tones_arr = np.array(tones, dtype=object)
     bands = list(SKIN_TONE_BANDS) + ([UNMEASURED] if UNMEASURED in tones else [])
     return {band: score_metrics(true[tones_arr == band], pred[tones_arr == band], loaded.severity) for band in bands}
+
+
+def by_site(lesions: list[Lesion], pred: np.ndarray, loaded: LoadedModel) -> dict[str, Any]:
+    """``{site: metrics block}`` in alphabetical order; lesions without a site count as ``unknown``."""
+    true = np.array([x.score for x in lesions], dtype=np.float64)
+    sites = np.array([x.site or "unknown" for x in lesions], dtype=object)
+    return {site: score_metrics(true[sites == site], pred[sites == site], loaded.severity)
+            for site in sorted(set(sites))}
 
 
 def _counts(scores: np.ndarray, severity) -> dict[str, int]:

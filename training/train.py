@@ -48,6 +48,7 @@ from training.data import (
     LesionDataset,
     index_dataset,
     split_by_patient,
+    split_from_manifest,
 )
 from training.distributed import Dist, all_reduce_sums
 
@@ -61,7 +62,7 @@ class Loaders:
     train: DataLoader
     val: DataLoader
     index: DatasetIndex
-    split: dict[str, list[str]]  # {"train": lesion ids, "val": lesion ids}
+    split: dict[str, list[str]]  # {"train": lesion ids, "val": lesion ids[, "test": a manifest's test ids]}
     train_label_mean: float
 
 
@@ -131,14 +132,21 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 
 
 def build_loaders(data: Path, cfg: RunConfig, env: Dist = Dist()) -> Loaders:
-    """Index the data, split it by patient, and wrap both sides in DataLoaders (under torchrun: this rank's share).
+    """Index the data, split it (a manifest's ``split`` column when filled, else by patient), and wrap both sides
+    in DataLoaders (under torchrun: this rank's share).
 
     Every rank indexes, splits and (with ``data.cache_images``) decodes the whole dataset: the split must be the
     same everywhere, and it is cheap next to training.
     """
     index = index_dataset(data)
     opts, tcfg = cfg.data_options, cfg.training
-    train_lesions, val_lesions = split_by_patient(index.lesions, opts.val_fraction, opts.split_seed)
+    fixed = split_from_manifest(index.lesions)
+    if fixed is None:
+        train_lesions, val_lesions = split_by_patient(index.lesions, opts.val_fraction, opts.split_seed)
+        how = f"patient split, seed {opts.split_seed}"
+    else:
+        train_lesions, val_lesions = fixed["train"], fixed["val"]
+        how = f"the manifest's split; {len(fixed['test'])} test lesions held out"
     train_ds = LesionDataset(train_lesions, cfg.data, train=True, augment=augmentation(tcfg),
                              modality_dropout=tcfg.modality_dropout, cache=opts.cache_images)
     val_ds = LesionDataset(val_lesions, cfg.data, train=False, cache=opts.cache_images)
@@ -147,8 +155,8 @@ def build_loaders(data: Path, cfg: RunConfig, env: Dist = Dist()) -> Loaders:
         for ds in (train_ds, val_ds):
             index.skipped["bad_image"] += ds.preload(opts.skip_bad_images)
         log.info("decoded %d lesions in %.1f s", len(train_ds) + len(val_ds), time.time() - started)
-    log.info("%s: %d lesions for training, %d for validation (patient split, seed %d); skipped %s",
-             data, len(train_ds), len(val_ds), opts.split_seed, index.skip_counts())
+    log.info("%s: %d lesions for training, %d for validation (%s); skipped %s",
+             data, len(train_ds), len(val_ds), how, index.skip_counts())
     generator = torch.Generator().manual_seed(tcfg.seed)
     common = dict(num_workers=tcfg.num_workers, persistent_workers=tcfg.num_workers > 0,
                   pin_memory=torch.cuda.is_available())
@@ -162,11 +170,14 @@ def build_loaders(data: Path, cfg: RunConfig, env: Dist = Dist()) -> Loaders:
     else:
         train = DataLoader(train_ds, batch_size=tcfg.batch_size, shuffle=True, generator=generator, **common)
         val = DataLoader(val_ds, batch_size=tcfg.batch_size, shuffle=False, **common)
+    split = {"train": [x.lesion_id for x in train_ds.lesions], "val": [x.lesion_id for x in val_ds.lesions]}
+    if fixed is not None:
+        split["test"] = [x.lesion_id for x in fixed["test"]]
     return Loaders(
         train=train,
         val=val,
         index=index,
-        split={"train": [x.lesion_id for x in train_ds.lesions], "val": [x.lesion_id for x in val_ds.lesions]},
+        split=split,
         train_label_mean=sum(x.score for x in train_ds.lesions) / len(train_ds.lesions),
     )
 
