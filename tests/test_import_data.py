@@ -76,7 +76,7 @@ def test_derm7pt_manifest_has_every_usable_case_with_its_files_split_and_site(de
 
 
 def test_derm7pt_odd_casing_on_disk_really_differs_from_meta_csv(derm7pt):
-    out, expected, _ = derm7pt
+    _, expected, _ = derm7pt
     odd = [w for w in expected.lesions.values() if Path(w["clinical"]).name != Path(w["clinical"]).name.lower()]
     assert odd, "the fixture must hold files whose case differs from meta.csv"
     for want in odd:
@@ -108,7 +108,7 @@ def test_derm7pt_labels_are_rescaled_and_unlabelled_or_unknown_rows_are_listed(d
 
 
 def test_isic_lesions_group_images_and_patients_and_pick_close_up_and_first_dermoscopic(isic):
-    out, expected, source = isic
+    out, expected, _ = isic
     rows = {r["lesion_id"]: r for r in read_csv(out)}
     assert set(rows) == set(expected.lesions)
     for lesion_id, want in expected.lesions.items():
@@ -216,7 +216,7 @@ def test_cli_user_errors_are_one_line_and_exit_2(isic, tmp_path, args, message):
     _, _, source = isic
     argv = [a.replace("{src}", str(source)) for a in args] + ["--out", str(tmp_path / "m.csv")]
     proc = subprocess.run([sys.executable, "-m", "training.import_data", *argv], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, check=False)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

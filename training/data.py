@@ -267,6 +267,56 @@ def _report_skipped(index: DatasetIndex) -> None:
             log.warning("%s: skipped %d lesion(s) with %s: %s", index.source, len(ids), reason.replace("_", " "), shown)
 
 
+@dataclass(frozen=True)
+class ScoringItem:
+    """One lesion to score (no label needed): its files, or why it cannot be scored."""
+
+    lesion_id: str
+    files: dict[str, Path]  # modality -> image file, for the modalities it has
+    error: str | None = None
+    error_field: str = "clinical_image"  # the request field the error is about
+
+
+def index_for_scoring(source: str | Path) -> list[ScoringItem]:
+    """Every lesion of a dataset folder or manifest, labelled or not, in id order (folder) or row order (manifest).
+
+    A lesion without a clinical image, or whose manifest row names a file that does not exist, is an item with an
+    ``error`` (batch scoring answers it with an error row); an id given twice is an error for the whole source.
+    """
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        rows = _read_csv(source, required=("lesion_id", "clinical"))
+        cells = [(_lesion_id(row, source, line), {m: (row.get(m) or "").strip() for m in MODALITIES}, line)
+                 for line, row in rows]
+        items = [_manifest_item(lesion_id, files, source, line) for lesion_id, files, line in cells]
+    elif source.is_dir():
+        images = {m: find_images(source / m / "images") for m in MODALITIES}
+        items = [ScoringItem(i, {m: images[m][i] for m in MODALITIES if i in images[m]},
+                             None if i in images["clinical"] else "no clinical image (clinical/images/<id>.*)")
+                 for i in sorted(set().union(*images.values()))]
+    else:
+        raise FileNotFoundError(f"{source}: no such dataset; pass a folder with clinical/images/ or a manifest .csv")
+    seen: set[str] = set()
+    for item in items:
+        if item.lesion_id in seen:
+            raise ValueError(f"{source}: lesion_id {item.lesion_id!r} appears twice; keep one row per lesion")
+        seen.add(item.lesion_id)
+    if not items:
+        raise ValueError(f"{source}: no lesions found")
+    return items
+
+
+def _manifest_item(lesion_id: str, cells: dict[str, str], manifest: Path, line: int) -> ScoringItem:
+    files = {m: Path(c) if Path(c).is_absolute() else manifest.parent / c for m, c in cells.items() if c}
+    if "clinical" not in files:
+        return ScoringItem(lesion_id, files, f"{manifest.name}, line {line}: no clinical image")
+    missing = [m for m, p in files.items() if not p.is_file()]
+    if missing:
+        return ScoringItem(lesion_id, files, f"{manifest.name}, line {line}: {missing[0]} image {files[missing[0]]} "
+                                             f"does not exist", f"{missing[0]}_image")
+    return ScoringItem(lesion_id, files)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Patient-level split
 # ---------------------------------------------------------------------------------------------------------------
