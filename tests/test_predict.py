@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from handler.predictor import Predictor
+from model import scoring
 from model.checkpoint import load_for_inference
 from training import predict, synth
 from training.infer_single import predict_files
@@ -82,26 +82,26 @@ def test_new_answer_fields_become_columns_even_when_resuming_an_older_file(archi
                                                                            monkeypatch):
     out = tmp_path / "p.csv"
     argv = ["--checkpoint", str(tiny_checkpoint), "--data", str(archive), "--out", str(out), "--quiet"]
-    real = Predictor.predict
+    real = scoring.score
     calls = []
 
-    def first_batch_only(self, requests):  # the first run stops after one batch, like a kill
+    def first_batch_only(*args, **kwargs):  # the first run stops after one batch, like a kill
         if calls:
             raise KeyboardInterrupt
         calls.append(1)
-        return real(self, requests)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(Predictor, "predict", first_batch_only)
+    monkeypatch.setattr(scoring, "score", first_batch_only)
     with pytest.raises(KeyboardInterrupt):
         predict.main(argv)
     first = read_rows(out)
     assert len(first) == 8 and "interval_low" not in first[0]
 
-    def with_trust_fields(self, requests):
+    def with_trust_fields(*args, **kwargs):  # the fields issue 14 adds to every answer
         return [{**a, "interval": {"low": 0.1, "high": 0.5, "coverage": 0.9}, "in_distribution": True,
-                 "quality_warnings": [{"modality": "dermoscopy", "warning": "blurred"}]} for a in real(self, requests)]
+                 "quality_warnings": [{"modality": "dermoscopy", "warning": "blurred"}]} for a in real(*args, **kwargs)]
 
-    monkeypatch.setattr(Predictor, "predict", with_trust_fields)
+    monkeypatch.setattr(scoring, "score", with_trust_fields)
     predict.main(argv)
     rows = read_rows(out)
     assert len(rows) == 24 and len({r["lesion_id"] for r in rows}) == 24

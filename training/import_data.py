@@ -211,8 +211,8 @@ def import_derm7pt(source: Path, official_split: bool = False) -> ImportResult:
         lesion_id = case_id or case_num
         where = f"{meta_path.name}:{line}"
 
-        def problem(reason: str, detail: str, lesion: str = lesion_id, at: str = where) -> None:
-            result.problems.append(Problem(at, case_num, lesion, reason, detail))
+        def problem(reason: str, detail: str, lesion: str = lesion_id, at: str = where, case: str = case_num) -> None:
+            result.problems.append(Problem(at, case, lesion, reason, detail))
 
         if official_split and position not in splits:
             problem("not in the official split", f"row position {position} is in none of meta/*_indexes.csv")

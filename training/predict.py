@@ -2,7 +2,7 @@
 
 DATA is a dataset folder in the documented layout or a manifest CSV (``training.import_data`` writes one from
 Derm7pt or an ISIC download); labels are not needed. Each lesion is scored the way the server scores a request with
-the same files (the one scoring path), in batches, with a progress bar, and gets one row in ``--out``:
+the same files (the one scoring path, ``model.scoring``), in batches, with a progress bar, and gets one row in ``--out``:
 
 * ``lesion_id``, then every field of the server's answer, nested objects flattened with ``_`` (``attention`` ->
   ``attention_clinical``, ...; an ``interval`` object -> ``interval_low``, ...), lists of plain values joined with
@@ -37,8 +37,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from handler.predictor import Predictor, PredictorOptions
-from model.accelerate import BACKENDS
+from handler.predictor import SCORE_DECIMALS
+from model import scoring
+from model.accelerate import BACKENDS, accelerate
+from model.checkpoint import load_for_inference
+from model.preprocessing import InputError
 from training.data import ScoringItem, index_for_scoring
 
 log = logging.getLogger("training.predict")
@@ -64,52 +67,43 @@ class ScoringOptions:
 
 
 class Scorer:
-    """One model replica answering lesions given as files, through the server's scoring path."""
+    """One model replica answering lesions given as files, through the one scoring path (``model.scoring``) with
+    the server's settings: the same preparation, batched forward, answer and rounding as a TorchServe worker."""
 
     def __init__(self, options: ScoringOptions):
         if options.threads:
             torch.set_num_threads(options.threads)
-        self.predictor = Predictor(options.checkpoint, PredictorOptions(
-            backend=options.backend, simulate_multispectral=options.simulate_multispectral),
-            max_batch=options.batch_size)
+        self.options = options
+        self.loaded = load_for_inference(options.checkpoint)
+        accelerate(self.loaded.model, options.backend, options.batch_size, threads=torch.get_num_threads())
 
     def score(self, items: list[ScoringItem]) -> list[dict[str, Any]]:
         """One answer (or error body) per item, in order; a failure of one item never fails the others."""
-        requests: list[dict[str, bytes] | None] = []
-        answers: list[dict[str, Any] | None] = []
-        for item in items:
-            body, error = _request(item)
-            requests.append(body)
-            answers.append(error)
-        todo = [i for i, body in enumerate(requests) if body is not None]
-        for i, answer in zip(todo, self._answer([requests[i] for i in todo]), strict=True):
-            answers[i] = answer
-        return [a for a in answers if a is not None]
+        prepared = [self._prepare(item) for item in items]
+        samples = [p for p in prepared if isinstance(p, scoring.Sample)]
+        answers = iter(self._answer(samples))
+        return [next(answers) if isinstance(p, scoring.Sample) else p for p in prepared]
 
-    def _answer(self, requests: list[dict[str, bytes]]) -> list[dict[str, Any]]:
-        if not requests:
+    def _prepare(self, item: ScoringItem) -> scoring.Sample | dict[str, Any]:
+        if item.error is not None:
+            return {"error": item.error, "field": item.error_field, "status": 400}
+        fields = {str(path): f"{m}_image" for m, path in item.files.items()}
+        try:
+            return scoring.prepare_files(item.files, self.loaded.data_cfg,
+                                         simulate_multispectral=self.options.simulate_multispectral)
+        except InputError as error:  # named by file path; the row says which request field that is
+            return {"error": str(error), "field": fields.get(error.field, error.field), "status": error.status}
+
+    def _answer(self, samples: list[scoring.Sample]) -> list[dict[str, Any]]:
+        if not samples:
             return []
         try:
-            return self.predictor.predict(requests)
-        except Exception:  # one lesion's unexpected failure must not lose the batch
-            if len(requests) == 1:
+            return scoring.score(self.loaded, samples, decimals=SCORE_DECIMALS)
+        except Exception as exc:  # one lesion's unexpected failure must not lose the batch
+            if len(samples) == 1:
                 log.exception("scoring failed")
-                return [{"error": f"scoring failed: {sys.exc_info()[1]!r}", "field": "", "status": 500}]
-            return [answer for request in requests for answer in self._answer([request])]
-
-
-def _request(item: ScoringItem) -> tuple[dict[str, bytes] | None, dict[str, Any] | None]:
-    """The server request for an item's files, or the error body that answers it."""
-    if item.error is not None:
-        return None, {"error": item.error, "field": item.error_field, "status": 400}
-    body = {}
-    for modality, path in item.files.items():
-        try:
-            body[f"{modality}_image"] = Path(path).read_bytes()
-        except OSError as exc:
-            return None, {"error": f"{path}: cannot be read ({exc.strerror or exc})", "field": f"{modality}_image",
-                          "status": 400}
-    return body, None
+                return [{"error": f"scoring failed: {exc!r}", "field": "", "status": 500}]
+            return [answer for sample in samples for answer in self._answer([sample])]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,9 +216,10 @@ def batches(items: list[ScoringItem], size: int) -> Iterator[list[ScoringItem]]:
         yield items[start:start + size]
 
 
-def score_local(items: list[ScoringItem], options: ScoringOptions) -> Iterator[list[dict[str, str]]]:
-    """Rows, a batch at a time, scored in this process."""
-    scorer = Scorer(options)
+def score_local(items: list[ScoringItem], options: ScoringOptions,
+                scorer: Scorer | None = None) -> Iterator[list[dict[str, str]]]:
+    """Rows, a batch at a time, scored in this process (by ``scorer``, else a new one)."""
+    scorer = scorer or Scorer(options)
     for batch in batches(items, options.batch_size):
         yield [answer_row(item.lesion_id, answer) for item, answer in zip(batch, scorer.score(batch), strict=True)]
 
