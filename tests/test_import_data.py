@@ -59,6 +59,7 @@ def isic(tmp_path_factory):
     return out, expected, source
 
 
+@pytest.mark.timeout(600)  # the first test builds the fixture tree and imports it
 def test_derm7pt_manifest_has_every_usable_case_with_its_files_split_and_site(derm7pt):
     out, expected, _ = derm7pt
     rows = {r["lesion_id"]: r for r in read_csv(out)}
@@ -107,6 +108,7 @@ def test_derm7pt_labels_are_rescaled_and_unlabelled_or_unknown_rows_are_listed(d
     assert (first, "no label") in problems and ("999", "label for an unknown lesion") in problems
 
 
+@pytest.mark.timeout(600)  # the first ISIC test builds the fixture tree and imports it
 def test_isic_lesions_group_images_and_patients_and_pick_close_up_and_first_dermoscopic(isic):
     out, expected, _ = isic
     rows = {r["lesion_id"]: r for r in read_csv(out)}
@@ -148,6 +150,7 @@ def test_isic_weak_labels_are_the_colorimetric_severity_of_the_dermoscopy_image(
             assert row["lesion_id"] in problems
 
 
+@pytest.mark.timeout(600)  # fixture tree, import, a tiny training run and evaluate
 def test_training_honours_the_official_split_and_evaluate_scores_the_test_cases(derm7pt, tmp_path):
     out, expected, _ = derm7pt
     run = tmp_path / "run"
@@ -169,6 +172,7 @@ def test_training_honours_the_official_split_and_evaluate_scores_the_test_cases(
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["split"] == "test"
 
 
+@pytest.mark.timeout(600)  # fixture tree, import with weak labels, a tiny training run
 def test_training_on_isic_keeps_each_patient_on_one_side(isic, tmp_path):
     out, expected, _ = isic
     run = tmp_path / "run"
@@ -212,14 +216,24 @@ def test_old_manifests_without_the_new_columns_still_load(tmp_path):
     (["derm7pt", "{src}"], "meta/meta.csv"),
     (["isic", "{src}", "--labels", "{src}/metadata.csv"], "--label-column"),
 ])
-def test_cli_user_errors_are_one_line_and_exit_2(isic, tmp_path, args, message):
+def test_cli_user_errors_are_one_line_and_exit_2(isic, tmp_path, capsys, args, message):
     _, _, source = isic
     argv = [a.replace("{src}", str(source)) for a in args] + ["--out", str(tmp_path / "m.csv")]
-    proc = subprocess.run([sys.executable, "-m", "training.import_data", *argv], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, check=False)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        import_data.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_cli_user_error_prints_no_traceback(isic, tmp_path):
+    _, _, source = isic
+    proc = subprocess.run([sys.executable, "-m", "training.import_data", "isic", str(source), "--split", "official",
+                           "--out", str(tmp_path / "m.csv")], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "import_data: --split official: isic has no official split; leave it out " \
+                                  "(training then splits by patient)"
 
 
 def test_a_label_outside_the_given_range_is_an_error_naming_the_row(derm7pt, tmp_path):

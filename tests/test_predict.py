@@ -119,6 +119,7 @@ def test_a_row_cut_off_by_a_kill_is_removed_before_resuming(tmp_path):
     assert results.done == {"A"} and out.read_text() == "lesion_id,score\nA,0.5\n"
 
 
+@pytest.mark.timeout(600)  # two CLI runs, each loading torch
 def test_killed_halfway_and_rerun_scores_every_lesion_exactly_once(archive, tiny_checkpoint, tmp_path):
     out = tmp_path / "p.csv"
     argv = [sys.executable, "-m", "training.predict", "--checkpoint", str(tiny_checkpoint), "--data", str(archive),
@@ -145,6 +146,7 @@ def test_cli_errors_are_one_line_and_exit_2(tiny_checkpoint, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.timeout(600)  # starts a local Ray instance
 def test_ray_engine_gives_the_local_scores(archive, tiny_checkpoint, tmp_path):
     pytest.importorskip("ray")
     local, distributed = tmp_path / "local.csv", tmp_path / "ray.csv"
