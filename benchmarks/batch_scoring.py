@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="JSON report")
     p.add_argument("--checkpoint", type=Path, help="default: the demo architecture with random weights")
-    p.add_argument("--chunks", type=int, default=10)
+    p.add_argument("--chunks", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args(argv)
