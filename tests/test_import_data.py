@@ -136,7 +136,8 @@ def test_isic_every_unused_image_is_listed_with_its_reason(isic):
 
 def test_isic_weak_labels_are_the_colorimetric_severity_of_the_dermoscopy_image(isic):
     out, _, _ = isic
-    problems = {p["lesion_id"]: p for p in read_csv(import_data.problems_path(out)) if p["reason"] == "weak label failed"}
+    problems = {p["lesion_id"]: p for p in read_csv(import_data.problems_path(out))
+                if p["reason"] == "weak label failed"}
     for row in read_csv(out):
         if not row["dermoscopy"]:
             assert row["score"] == "" and row["lesion_id"] in problems

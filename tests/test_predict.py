@@ -73,7 +73,8 @@ def test_unscorable_lesions_are_error_rows_and_the_rest_are_scored(archive, tiny
     rows = {r["lesion_id"]: r for r in read_rows(out)}
     assert list(rows) == ["good", "unreadable", "gone", "no_clinical", "good2"]
     assert rows["good"]["score"] and rows["good2"]["score"] and not rows["good"]["error"]
-    assert (rows["unreadable"]["error_field"], rows["unreadable"]["error_status"]) == ("clinical_image", "415")  # what the server answers
+    # 415: what the server answers for a file that is not an image
+    assert (rows["unreadable"]["error_field"], rows["unreadable"]["error_status"]) == ("clinical_image", "415")
     assert rows["gone"]["error_field"] == "dermoscopy_image" and "does not exist" in rows["gone"]["error"]
     assert rows["no_clinical"]["error_field"] == "clinical_image" and not rows["no_clinical"]["score"]
 

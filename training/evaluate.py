@@ -15,8 +15,9 @@ Writes to OUT:
   mean predicted score per predicted-score bin, with the lesions of each bin counted per skin-tone band)
 
 Skin tone: the ``skin_tone_band`` column of a manifest when every lesion has one (``training.import_data`` writes
-it), else that column of DATA's ``synth_truth.csv`` when there is one (the synthetic benchmark), else the ITA band of the skin around the lesion measured by ``model.colorimetry`` on the dermoscopy image (else the
-clinical one); a lesion whose segmentation fails is ``unmeasured``.
+it), else that column of DATA's ``synth_truth.csv`` when there is one (the synthetic benchmark), else the ITA band of
+the skin around the lesion measured by ``model.colorimetry`` on the dermoscopy image (else the clinical one); a
+lesion whose segmentation fails is ``unmeasured``.
 
 ``summary.json`` keys (a "metrics block" is ``n, mse, mae, rmse, spearman, severity_accuracy, quadratic_kappa,
 confusion_matrix``; the matrix is 3x3, rows = true Mild/Moderate/Severe, columns = predicted; ``spearman`` and

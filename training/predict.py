@@ -2,7 +2,8 @@
 
 DATA is a dataset folder in the documented layout or a manifest CSV (``training.import_data`` writes one from
 Derm7pt or an ISIC download); labels are not needed. Each lesion is scored the way the server scores a request with
-the same files (the one scoring path, ``model.scoring``), in batches, with a progress bar, and gets one row in ``--out``:
+the same files (the one scoring path, ``model.scoring``), in batches, with a progress bar, and gets one row in
+``--out``:
 
 * ``lesion_id``, then every field of the server's answer, nested objects flattened with ``_`` (``attention`` ->
   ``attention_clinical``, ...; an ``interval`` object -> ``interval_low``, ...), lists of plain values joined with
