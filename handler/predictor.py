@@ -38,6 +38,7 @@ from torch import Tensor
 
 from model import saliency, scoring
 from model.accelerate import accelerate
+from model.answer import SCORE_DECIMALS
 from model.checkpoint import load_for_inference
 from model.config import MODALITIES
 from model.fusion_model import FusionModel
@@ -51,8 +52,6 @@ FIELDS: dict[str, str] = {f"{m}_image": m for m in MODALITIES}
 REQUIRED_FIELD = "clinical_image"
 BODY_KEYS = ("body", "data")
 """Names under which TorchServe passes a non-multipart body (``data`` comes from KServe-style envelopes)."""
-SCORE_DECIMALS = 4
-"""Scores and attention weights are rounded to 4 decimals in answers; severity is decided on the exact score."""
 OVERLAY_MAX_SIDE = 1024
 """Longest side of an explanation's overlay PNG: a 12 MP photo's overlay would be ~20 MB of base64."""
 

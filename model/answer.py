@@ -9,6 +9,10 @@ from model.config import SeverityConfig
 from model.fusion_model import ATTENTION_TOKENS
 from model.severity import severity_label
 
+SCORE_DECIMALS = 4
+"""Scores and attention weights are rounded to 4 decimals in served and batch answers; severity is decided on the
+exact score."""
+
 
 def format_answer(score: float, attention: Sequence[float], modalities: Sequence[str], simulated: Sequence[str],
                   severity: SeverityConfig, model_version: str, decimals: int | None = None) -> dict[str, Any]:

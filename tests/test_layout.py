@@ -35,6 +35,11 @@ def test_handler_imports_model_and_never_training():
     assert _imported_packages(_package_modules("handler")) == {"handler", "model"}
 
 
+def test_training_imports_model_and_never_handler():
+    modules = [m for m in _package_modules("training") if m != "training.ray_engine"]  # needs requirements-ray.txt
+    assert _imported_packages(modules) == {"training", "model"}
+
+
 def test_serving_imports_model_and_handler_only():
     modules = [m for m in _package_modules("serving") if m != "serving.kserve_native"]  # needs .venv-kserve
     assert _imported_packages(modules) <= {"serving", "model", "handler"}

@@ -38,9 +38,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from handler.predictor import SCORE_DECIMALS
 from model import scoring
 from model.accelerate import BACKENDS, accelerate
+from model.answer import SCORE_DECIMALS
 from model.checkpoint import load_for_inference
 from model.preprocessing import InputError
 from training.data import ScoringItem, index_for_scoring
