@@ -1,8 +1,10 @@
 """The checkpoint is the contract between training and serving.
 
 A checkpoint is a plain dict that ``torch.load(..., weights_only=True)`` reads: the format version, the model,
-data (preprocessing) and severity configs, the state_dict, and provenance (data hash, git commit, metrics,
-validation split). Serving rebuilds everything from this one file and never needs a model hub.
+data (preprocessing) and severity configs, the state_dict, provenance (data hash, git commit, metrics,
+validation split) and, when training or ``training.calibrate`` fitted it, ``trust`` (``model.trust``: conformal
+residuals and the encoders' feature distributions, as lists and tensors). A checkpoint without ``trust`` still
+loads; its answers carry the trust fields as null. Serving rebuilds everything from this one file and never needs a model hub.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from model.config import DataConfig, ModelConfig, SeverityConfig, from_dict, to_dict
 from model.fusion_model import FusionModel
+from model.trust import Trust
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_config", "data_config", "severity", "state_dict")
@@ -32,6 +35,8 @@ class LoadedModel:
     data_cfg: DataConfig
     severity: SeverityConfig
     provenance: dict[str, Any] = field(default_factory=dict)
+    trust: Trust | None = None
+    """Interval, band probabilities and OOD flag (``model.trust``); its parts are None for an older checkpoint."""
 
     @property
     def version(self) -> str:
@@ -112,7 +117,8 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> LoadedModel:
     model = FusionModel(model_cfg, data_cfg.image_size, pretrained=False)
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
-    return LoadedModel(model, model_cfg, data_cfg, severity, dict(checkpoint.get("provenance", {})))
+    return LoadedModel(model, model_cfg, data_cfg, severity, dict(checkpoint.get("provenance", {})),
+                       Trust.from_checkpoint(checkpoint, severity))
 
 
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

@@ -25,6 +25,7 @@ ATTENTION_TOKENS: tuple[str, ...] = ("none",) + AUX_MODALITIES
 class FusionOutput(NamedTuple):
     score: Tensor  # [B] in [0, 1]
     attention: Tensor  # [B, len(ATTENTION_TOKENS)] head-averaged attention of the clinical query
+    features: Tensor  # [B, len(MODALITIES), D] each encoder's pooled feature (zeros where the modality is absent)
 
 
 class FusionModel(nn.Module):
@@ -38,12 +39,16 @@ class FusionModel(nn.Module):
         self.head = PredictionHead(self.dim, cfg.head_hidden, cfg.dropout)
 
     def forward_features(self, clinical: Tensor, dermoscopy: Tensor | None = None,
-                         multispectral: Tensor | None = None, aux_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Images ``[B, 3, S, S]`` (absent ones None) and ``aux_mask [B, 2]`` bool -> fused ``[B, D]``, weights.
+                         multispectral: Tensor | None = None,
+                         aux_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Images ``[B, 3, S, S]`` (absent ones None) and ``aux_mask [B, 2]`` bool -> fused ``[B, D]``, weights,
+        encoder features.
 
         ``aux_mask[:, i]`` says whether sample i has ``AUX_MODALITIES[i]``; rows of an absent sample's image
         are ignored (pass zeros). Without ``aux_mask`` every given image counts as present for all samples.
-        Returns the fused feature and the attention weights ``[B, heads, 1, 3]`` over ``ATTENTION_TOKENS``.
+        Returns the fused feature, the attention weights ``[B, heads, 1, 3]`` over ``ATTENTION_TOKENS`` and the
+        pooled feature of each encoder ``[B, len(MODALITIES), D]`` (zeros for absent rows), which
+        ``model.trust`` measures against the training distribution.
         """
         if clinical is None:
             raise ValueError("the clinical image is required; dermoscopy and multispectral are optional")
@@ -60,7 +65,8 @@ class FusionModel(nn.Module):
         kv = torch.stack([none_token] + aux, dim=1)  # [B, 3, D]
         kv_mask = torch.cat([~aux_mask.any(dim=1, keepdim=True), aux_mask], dim=1)  # [B, 3]
         fused, weights = self.fusion(query.unsqueeze(1), kv, kv_mask)
-        return fused.squeeze(1), weights
+        features = torch.stack([query, *(a * m.unsqueeze(1) for a, m in zip(aux, aux_mask.T))], dim=1)
+        return fused.squeeze(1), weights, features
 
     def forward_head(self, fused: Tensor) -> Tensor:
         """``[B, D] -> [B]`` score in [0, 1]."""
@@ -68,8 +74,8 @@ class FusionModel(nn.Module):
 
     def forward(self, clinical: Tensor, dermoscopy: Tensor | None = None, multispectral: Tensor | None = None,
                 aux_mask: Tensor | None = None) -> FusionOutput:
-        fused, weights = self.forward_features(clinical, dermoscopy, multispectral, aux_mask)
-        return FusionOutput(self.forward_head(fused), weights.mean(dim=1).squeeze(1))
+        fused, weights, features = self.forward_features(clinical, dermoscopy, multispectral, aux_mask)
+        return FusionOutput(self.forward_head(fused), weights.mean(dim=1).squeeze(1), features)
 
     def _encode_present(self, name: str, images: Tensor | None, present: Tensor, like: Tensor) -> Tensor:
         """Encode only the rows that have this modality (one batched forward); other rows get zeros."""

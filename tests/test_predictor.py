@@ -34,7 +34,9 @@ def as_json(request: dict[str, bytes]) -> dict[str, str]:
 @pytest.mark.parametrize("subset", SUBSETS, ids="+".join)
 def test_answer_follows_the_contract_for_every_modality_subset(predictor, subset):
     (answer,) = predictor.predict([request_for(subset, seed=1)])
-    assert set(answer) == {"score", "severity", "modalities", "simulated", "attention", "model_version"}
+    assert set(answer) == {"score", "severity", "modalities", "simulated", "attention", "model_version",
+                           "interval", "severity_probabilities", "in_distribution", "ood_score", "ood_threshold",
+                           "quality_warnings"}
     assert 0.0 <= answer["score"] <= 1.0 and answer["score"] == round(answer["score"], 4)
     assert answer["severity"] in LABELS
     assert answer["modalities"] == list(subset) and answer["simulated"] == []

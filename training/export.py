@@ -30,7 +30,7 @@ from model.config import AUX_MODALITIES, MODALITIES
 from model.fusion_model import ATTENTION_TOKENS, FusionModel
 
 METADATA_FILE = "pigment.json"
-SERVING_KEYS = (*REQUIRED_KEYS, "provenance")
+SERVING_KEYS = (*REQUIRED_KEYS, "provenance", "trust")
 
 
 class TracedFusion(nn.Module):

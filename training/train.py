@@ -3,7 +3,9 @@
 Writes to RUN_DIR:
 
 * ``config.yaml``      the resolved configuration (every default filled in)
-* ``best_model.pth``   the checkpoint with the lowest validation loss (the model to evaluate, export and serve)
+* ``best_model.pth``   the checkpoint with the lowest validation loss (the model to evaluate, export and serve);
+  after the last epoch it gains its ``trust`` section (``training.calibrate.fit_trust``: the training lesions'
+  encoder features, the validation lesions' residuals per modality subset and out-of-distribution thresholds)
 * ``last.pth``         the latest completed epoch, plus optimizer/RNG state and history, for ``--resume``
 * ``history.csv``      epoch, train_loss, val_loss, val_mae, lr, seconds
 
@@ -36,11 +38,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from model.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
+from model.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.cli import run
 from model.cpu import bf16_units, threads_per_worker
 from model.fusion_model import FusionModel
 from training import distributed
+from training.calibrate import fit_trust
 from training.config import RunConfig, TrainConfig, load_config, save_config
 from training.data import (
     Augmentation,
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> Path:
         if cfg.training.channels_last:
             model = model.to(memory_format=torch.channels_last)
         fit(model, loaders, cfg, args.out, device, resume=args.resume, progress=not args.quiet, env=env)
+        if env.is_main:
+            calibrate_best(args.out / "best_model.pth", loaders, device)
         ok = True
     finally:
         distributed.cleanup(env, ok)
@@ -304,6 +309,24 @@ def save_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
                         out_dir / "best_model.pth")
     save_last(out_dir / "last.pth", model, optimizer, scaler, cfg, provenance, state, loaders.train.generator)
     write_history(out_dir / "history.csv", state["history"])
+
+
+def calibrate_best(path: Path, loaders: Loaders, device: torch.device) -> None:
+    """Add the ``trust`` section to the best checkpoint: its weights, the run's own train/validation lesions."""
+    checkpoint = load_checkpoint(path)
+    loaded = model_from_checkpoint(checkpoint)
+    loaded.model.to(device)
+    started = time.time()
+    section, summary = fit_trust(loaded.model, loaded.data_cfg, loaders.train.dataset.lesions,
+                                 loaders.val.dataset.lesions, device=device)
+    summary["method"] = "the run's own train/validation split"
+    checkpoint["trust"] = section
+    checkpoint["provenance"] = {**checkpoint["provenance"], "calibration": summary}
+    save_checkpoint(checkpoint, path)
+    log.info("calibrated %s in %.1f s: %.0f%% half-widths %s, OOD thresholds %s", path, time.time() - started,
+             100 * summary["coverage"],
+             {k: round(v, 3) for k, v in summary["half_widths"].items()},
+             {k: round(v, 3) for k, v in summary["ood_thresholds"].items()})
 
 
 def wrap_for_ddp(model: nn.Module, env: Dist, device: torch.device) -> nn.Module:

@@ -1,0 +1,116 @@
+"""Image-quality warnings for one decoded view: blurred, under- or over-exposed, lesion not found, lesion touching
+the border, lesion too small. They are warnings: the image is still scored.
+
+Each check runs on a working copy of the decoded image (longest side at most ``model.colorimetry.WORK_SIDE``, the
+size the segmentation uses), so it costs a few milliseconds whatever the upload size:
+
+* ``blurred``: the no-reference blur measure of Crete-Roffet et al. (2007): re-blur the grey image with a 9-tap
+  box filter along each axis and measure how much of its neighbour-difference energy survives. A sharp image loses
+  much of it (measure near 0), an already blurred one little (near 1). Above ``BLUR_LIMIT`` -> warning.
+* ``underexposed``: more than ``CLIPPED_SHARE`` of the pixels at or below ``DARK_LEVEL`` of luma, or a median luma
+  below ``UNDER_MEDIAN``; ``overexposed``: the same at or above ``BRIGHT_LEVEL``, or a median above ``OVER_MEDIAN``.
+* ``lesion_not_found`` (``model.colorimetry`` finds no lesion: empty mask, the whole image, or too little
+  contrast); ``lesion_touches_border`` (the lesion mask reaches the image edge: it may be cut off);
+  ``lesion_too_small`` (lesion area below ``MIN_LESION_AREA`` of the image for that modality).
+
+The limits were chosen on the embedded synthetic benchmark and on blurred / darkened / brightened copies of it;
+docs/trust.md gives the measured rates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from model import colorimetry
+
+WARNINGS: tuple[str, ...] = ("blurred", "underexposed", "overexposed", "lesion_not_found", "lesion_touches_border",
+                             "lesion_too_small")
+BLUR_LIMIT = 0.5
+BLUR_TAPS = 9
+DARK_LEVEL = 10 / 255
+BRIGHT_LEVEL = 245 / 255
+CLIPPED_SHARE = 0.25
+UNDER_MEDIAN = 0.15
+OVER_MEDIAN = 0.92
+MIN_LESION_AREA: dict[str, float] = {"clinical": 0.002, "dermoscopy": 0.01, "multispectral": 0.01}
+"""Lesion area / image area below which a lesion is "too small" to read, per modality (a clinical photo frames a
+lesion much smaller than a dermoscope does)."""
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """The measurements behind the warnings of one view (kept for docs and tests)."""
+
+    blur: float
+    median_luma: float
+    dark_share: float
+    bright_share: float
+    lesion_area: float | None  # None: no lesion found
+    touches_border: bool
+    warnings: tuple[str, ...]
+
+
+def check(image: Image.Image, modality: str) -> QualityReport:
+    """Measure one decoded RGB view and list its warnings (in ``WARNINGS`` order)."""
+    rgb = working_copy(image)  # float32 [H, W, 3] in [0, 1]
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    blur = blur_measure(grey)
+    median = float(np.median(grey))
+    dark, bright = float((grey <= DARK_LEVEL).mean()), float((grey >= BRIGHT_LEVEL).mean())
+    area, touches = _lesion(rgb)
+    found = {
+        "blurred": blur > BLUR_LIMIT,
+        "underexposed": dark > CLIPPED_SHARE or median < UNDER_MEDIAN,
+        "overexposed": bright > CLIPPED_SHARE or median > OVER_MEDIAN,
+        "lesion_not_found": area is None,
+        "lesion_touches_border": touches,
+        "lesion_too_small": area is not None and area < MIN_LESION_AREA.get(modality, 0.0),
+    }
+    return QualityReport(blur, median, dark, bright, area, touches, tuple(w for w in WARNINGS if found[w]))
+
+
+def warnings_for(images: dict[str, Image.Image]) -> list[dict[str, str]]:
+    """``{modality: decoded view}`` -> ``[{"modality", "warning"}, ...]`` in modality then ``WARNINGS`` order."""
+    return [{"modality": m, "warning": w} for m, img in images.items() for w in check(img, m).warnings]
+
+
+def blur_measure(grey: np.ndarray) -> float:
+    """Crete-Roffet blur measure of a float grey image ``[H, W]``: 0 sharp .. 1 blurred (the worse of both axes)."""
+    grey = grey.astype(np.float32)
+    worst = 0.0
+    for axis in (0, 1):
+        kernel = (1, BLUR_TAPS) if axis == 1 else (BLUR_TAPS, 1)
+        reblurred = cv2.blur(grey, kernel[::-1], borderType=cv2.BORDER_REFLECT)  # cv2 takes (width, height)
+        d_sharp = np.abs(np.diff(grey, axis=axis))
+        d_blur = np.abs(np.diff(reblurred, axis=axis))
+        total = float(d_sharp.sum())
+        if total <= 0.0:  # a flat image has no detail at all
+            return 1.0
+        lost = float(np.maximum(0.0, d_sharp - d_blur).sum())
+        worst = max(worst, (total - lost) / total)
+    return worst
+
+
+def working_copy(image: Image.Image) -> np.ndarray:
+    """RGB float32 ``[H, W, 3]`` in [0, 1], longest side at most ``colorimetry.WORK_SIDE`` (area-averaged)."""
+    image = image.convert("RGB")
+    factor = colorimetry.WORK_SIDE / max(image.size)
+    if factor < 1.0:
+        image = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))),
+                             Image.Resampling.BOX)
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def _lesion(rgb: np.ndarray) -> tuple[float | None, bool]:
+    """Lesion area fraction (None when ``colorimetry.measure`` finds none) and whether it reaches the border."""
+    try:
+        lesion = colorimetry.measure(rgb).mask
+    except colorimetry.SegmentationError:
+        return None, False
+    area = float(lesion.mean())
+    edge = np.concatenate([lesion[0], lesion[-1], lesion[:, 0], lesion[:, -1]])
+    return area, bool(edge.any())

@@ -1,0 +1,287 @@
+"""How far to trust a score: a conformal interval, severity-band probabilities and an out-of-distribution flag.
+
+Everything here is fitted once, at the end of training (``training.train``) or later on other labelled data
+(``training.calibrate``), and travels in the checkpoint under ``"trust"`` as plain lists and tensors, so the
+checkpoint stays ``weights_only``-loadable. Serving only reads it.
+
+**Interval** (split conformal, per modality subset). The calibration lesions are scored with every modality subset
+they have (inputs masked, as ``training.evaluate`` does), and the signed residuals ``r = true - predicted`` are kept
+per subset (``"clinical"``, ``"clinical+dermoscopy"``, ...). For a new score ``s`` scored with subset ``k``, the
+interval is ``[s - q, s + q]`` clipped to [0, 1], where ``q`` is the ``ceil((n + 1) * coverage)``-th smallest
+``|r|`` of subset ``k`` (n residuals). If the calibration lesions and the new lesion are exchangeable, the interval
+holds the true score with probability at least ``coverage`` (marginally, over lesions; not for every lesion). A
+subset with fewer than ``MIN_SUBSET_LESIONS`` residuals uses the residuals of all subsets pooled, and the answer's
+``interval.calibrated_on`` says ``"pooled"``.
+
+**Band probabilities**: the same residuals read as a predictive distribution. The true score of a lesion scored
+``s`` is taken to be ``clip(s + r_i, 0, 1)`` with equal weight for each calibration residual ``r_i`` of its subset;
+a band's probability is the fraction of those values that fall in it (a boundary value belongs to the milder band,
+as in ``model.severity``). This is the empirical distribution the conformal interval is a quantile of, so interval
+and probabilities never disagree about the spread; it assumes the error does not depend on the score itself.
+
+**Out of distribution**: each encoder's pooled feature (``FusionOutput.features``) is compared with the training
+lesions' features of that modality by a Mahalanobis distance with a Ledoit-Wolf shrunk covariance, divided by
+``sqrt(D)`` so that a typical training lesion is near 1 whatever the feature width. A request's ``ood_score`` is
+the largest distance over the modalities it sent; it is out of distribution above the threshold of its subset, the
+``OOD_QUANTILE`` quantile of the validation lesions' scores for that subset (pooled when the subset has too few).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model.config import MODALITIES, SeverityConfig
+from model.severity import LABELS
+
+log = logging.getLogger(__name__)
+
+TRUST_FORMAT = 1
+DEFAULT_COVERAGE = 0.9
+MIN_SUBSET_LESIONS = 30
+"""Fewer calibration residuals than this in a subset: its interval and probabilities use the pooled residuals."""
+OOD_QUANTILE = 0.99
+POOLED = "pooled"
+NULL_FIELDS: dict[str, Any] = {"interval": None, "severity_probabilities": None, "in_distribution": None,
+                               "ood_score": None, "ood_threshold": None}
+"""The trust fields of an answer when the checkpoint carries no calibration (trained before it existed)."""
+
+
+def subset_name(modalities: Sequence[str]) -> str:
+    """``["dermoscopy", "clinical"] -> "clinical+dermoscopy"``: modalities in ``MODALITIES`` order."""
+    return "+".join(m for m in MODALITIES if m in modalities)
+
+
+def all_subsets() -> list[str]:
+    """Every subset a request can have: clinical plus any of the auxiliary modalities."""
+    aux = MODALITIES[1:]
+    return [subset_name(["clinical", *(m for j, m in enumerate(aux) if bits >> j & 1)]) for bits in range(4)]
+
+
+# ---------------------------------------------------------------------------------------------------- interval
+
+
+def conformal_quantile(abs_residuals: np.ndarray, coverage: float) -> float:
+    """The ``ceil((n + 1) * coverage)``-th smallest value (split conformal); ``inf`` when n is too small for it."""
+    n = len(abs_residuals)
+    rank = math.ceil((n + 1) * coverage)
+    if rank > n:
+        return math.inf
+    return float(np.sort(abs_residuals)[rank - 1])
+
+
+def band_probabilities(score: float, residuals: np.ndarray, severity: SeverityConfig) -> dict[str, float]:
+    """``{Mild, Moderate, Severe}``: the fraction of ``clip(score + r, 0, 1)`` in each band (see module doc)."""
+    values = np.clip(score + residuals, 0.0, 1.0)
+    # severity_index for every value at once: the number of band limits strictly below the value.
+    bands = np.searchsorted([severity.mild_max, severity.moderate_max], values, side="left")
+    counts = np.bincount(bands, minlength=len(LABELS))
+    return {label: float(c) / len(values) for label, c in zip(LABELS, counts, strict=True)}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Signed residuals (true - predicted) per subset and the coverage their intervals promise."""
+
+    coverage: float
+    residuals: dict[str, np.ndarray]
+    min_lesions: int = MIN_SUBSET_LESIONS
+
+    @property
+    def pooled(self) -> np.ndarray:
+        return np.concatenate([r for r in self.residuals.values()]) if self.residuals else np.zeros(0)
+
+    def residuals_for(self, subset: str) -> tuple[np.ndarray, str]:
+        """The residuals an answer for ``subset`` uses and their name (the subset, or ``"pooled"``)."""
+        own = self.residuals.get(subset)
+        if own is not None and len(own) >= self.min_lesions:
+            return own, subset
+        return self.pooled, POOLED
+
+    def half_width(self, subset: str) -> float:
+        return conformal_quantile(np.abs(self.residuals_for(subset)[0]), self.coverage)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"coverage": self.coverage, "min_lesions": self.min_lesions,
+                "residuals": {k: [float(x) for x in v] for k, v in self.residuals.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
+        return cls(float(d["coverage"]), {k: np.asarray(v, dtype=np.float64) for k, v in d["residuals"].items()},
+                   int(d.get("min_lesions", MIN_SUBSET_LESIONS)))
+
+
+def fit_calibration(residuals: Mapping[str, Sequence[float]], coverage: float = DEFAULT_COVERAGE,
+                    min_lesions: int = MIN_SUBSET_LESIONS) -> Calibration:
+    """Residuals per subset (true - predicted) -> a :class:`Calibration`."""
+    if not 0.0 < coverage < 1.0:
+        raise ValueError(f"coverage must be in (0, 1), got {coverage}; e.g. 0.9 for a 90 % interval")
+    kept = {k: np.asarray(v, dtype=np.float64) for k, v in residuals.items() if len(v)}
+    if not kept:
+        raise ValueError("no calibration residuals: the calibration data has no labelled lesion")
+    return Calibration(coverage, kept, min_lesions)
+
+
+# ------------------------------------------------------------------------------------------ out of distribution
+
+
+@dataclass(frozen=True)
+class FeatureDistribution:
+    """One modality's training features: mean ``[D]`` and the shrunk covariance's inverse ``[D, D]``."""
+
+    mean: Tensor
+    precision: Tensor
+
+    def distance(self, features: Tensor) -> Tensor:
+        """``[N, D] -> [N]``: Mahalanobis distance divided by ``sqrt(D)`` (about 1 for a training lesion)."""
+        centred = features.double() - self.mean.double()
+        squared = ((centred @ self.precision.double()) * centred).sum(dim=1).clamp_min(0.0)
+        return (squared / self.mean.numel()).sqrt().float()
+
+
+def ledoit_wolf(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mean ``[D]``, Ledoit-Wolf shrunk covariance ``[D, D]`` and the shrinkage, of ``features [N, D]``.
+
+    The covariance is ``(1 - a) S + a mu I`` with ``S`` the maximum-likelihood covariance, ``mu = tr(S) / D`` and
+    ``a`` the Ledoit & Wolf (2004) estimate of the optimal shrinkage; with fewer lesions than feature dimensions
+    ``S`` alone is singular.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    n, d = x.shape
+    mean = x.mean(axis=0)
+    xc = x - mean
+    sample = xc.T @ xc / n
+    mu = np.trace(sample) / d
+    delta = sample.copy()
+    delta[np.diag_indices(d)] -= mu
+    delta_sq = (delta ** 2).sum() / d
+    beta_sq = ((xc ** 2).T @ (xc ** 2) / n - sample ** 2).sum() / (d * n)
+    shrinkage = 0.0 if delta_sq == 0 else min(beta_sq, delta_sq) / delta_sq
+    covariance = (1.0 - shrinkage) * sample
+    covariance[np.diag_indices(d)] += shrinkage * mu
+    return mean, covariance, float(shrinkage)
+
+
+def fit_feature_distribution(features: np.ndarray) -> FeatureDistribution:
+    mean, covariance, _ = ledoit_wolf(features)
+    precision = np.linalg.pinv(covariance, hermitian=True)
+    return FeatureDistribution(torch.from_numpy(mean).float(), torch.from_numpy(precision).float())
+
+
+@dataclass(frozen=True)
+class OODDetector:
+    """Per-modality training distributions and per-subset thresholds on the combined score."""
+
+    distributions: dict[str, FeatureDistribution]
+    thresholds: dict[str, float]
+    pooled_threshold: float
+    quantile: float = OOD_QUANTILE
+
+    def scores(self, features: Tensor, present: Tensor) -> Tensor:
+        """``features [B, M, D]`` and ``present [B, M]`` bool -> ``[B]``: the largest distance over present ones."""
+        distances = self.distances(features)  # [B, M]
+        return distances.masked_fill(~present.cpu(), -math.inf).max(dim=1).values
+
+    def distances(self, features: Tensor) -> Tensor:
+        """``[B, M, D] -> [B, M]``: each modality's distance to its training distribution."""
+        features = features.detach().float().cpu()
+        return torch.stack([self.distributions[m].distance(features[:, i]) for i, m in enumerate(MODALITIES)], 1)
+
+    def threshold(self, subset: str) -> float:
+        return self.thresholds.get(subset, self.pooled_threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quantile": self.quantile, "thresholds": dict(self.thresholds),
+                "pooled_threshold": self.pooled_threshold,
+                "modalities": {m: {"mean": d.mean.clone(), "precision": d.precision.clone()}
+                               for m, d in self.distributions.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> OODDetector:
+        distributions = {m: FeatureDistribution(v["mean"].float(), v["precision"].float())
+                         for m, v in d["modalities"].items()}
+        return cls(distributions, {k: float(v) for k, v in d["thresholds"].items()}, float(d["pooled_threshold"]),
+                   float(d.get("quantile", OOD_QUANTILE)))
+
+
+def quantile_threshold(scores: np.ndarray, quantile: float) -> float:
+    """The ``ceil((n + 1) * quantile)``-th smallest score (the largest one when n is too small): at most a
+    ``1 - quantile`` share of lesions like these lies above it."""
+    rank = min(len(scores), math.ceil((len(scores) + 1) * quantile))
+    return float(np.sort(scores)[rank - 1])
+
+
+def fit_distributions(train_features: Mapping[str, np.ndarray]) -> dict[str, FeatureDistribution]:
+    missing = [m for m in MODALITIES if m not in train_features or len(train_features[m]) < 2]
+    if missing:
+        raise ValueError(f"no training features for {missing}: every modality needs at least 2 training lesions "
+                         f"(set data.simulate_multispectral=true when the data has no multispectral views)")
+    return {m: fit_feature_distribution(train_features[m]) for m in MODALITIES}
+
+
+def thresholds_from(distributions: dict[str, FeatureDistribution], val_scores: Mapping[str, Sequence[float]],
+                    quantile: float = OOD_QUANTILE, min_lesions: int = MIN_SUBSET_LESIONS) -> OODDetector:
+    """Per-subset thresholds (subsets with at least ``min_lesions`` scores) and the pooled one."""
+    pooled = np.concatenate([np.asarray(v, dtype=np.float64) for v in val_scores.values() if len(v)])
+    thresholds = {k: quantile_threshold(np.asarray(v, dtype=np.float64), quantile)
+                  for k, v in val_scores.items() if len(v) >= min_lesions}
+    return OODDetector(distributions, thresholds, quantile_threshold(pooled, quantile), quantile)
+
+
+# ---------------------------------------------------------------------------------------------------- together
+
+
+@dataclass(frozen=True)
+class Trust:
+    """A checkpoint's calibration and OOD detector; either may be None (an older checkpoint)."""
+
+    calibration: Calibration | None
+    ood: OODDetector | None
+    severity: SeverityConfig
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Mapping[str, Any], severity: SeverityConfig) -> Trust:
+        """Read ``checkpoint["trust"]``; without it the fields are null, and a log line says why."""
+        section = checkpoint.get("trust") or {}
+        calibration = section.get("calibration")
+        ood = section.get("ood")
+        if calibration is None or ood is None:
+            log.warning("the checkpoint has no %s (trained before calibration existed): answers carry interval, "
+                        "severity_probabilities, in_distribution and ood_score as null; add them with `python -m "
+                        "training.calibrate --checkpoint CKPT --data DIR --out CKPT2`",
+                        " and ".join(n for n, v in (("calibration", calibration), ("ood detector", ood)) if v is None))
+        return cls(Calibration.from_dict(calibration) if calibration else None,
+                   OODDetector.from_dict(ood) if ood else None, severity)
+
+    def assess(self, scores: Sequence[float], features: Tensor, present: Tensor,
+               decimals: int | None = None) -> list[dict[str, Any]]:
+        """Scores ``[B]``, encoder features ``[B, M, D]`` and ``present [B, M]`` bool -> the trust fields of each
+        answer: ``interval``, ``severity_probabilities``, ``in_distribution``, ``ood_score``, ``ood_threshold``."""
+        subsets = [subset_name([m for m, p in zip(MODALITIES, row, strict=True) if p]) for row in present.tolist()]
+        ood = self.ood.scores(features, present).tolist() if self.ood is not None else [None] * len(subsets)
+        return [self._fields(float(s), k, o, decimals) for s, k, o in zip(scores, subsets, ood, strict=True)]
+
+    def _fields(self, score: float, subset: str, ood_score: float | None, decimals: int | None) -> dict[str, Any]:
+        def r(x: float) -> float:
+            return float(x) if decimals is None else round(float(x), decimals)
+
+        fields = dict(NULL_FIELDS)
+        if self.calibration is not None:
+            residuals, source = self.calibration.residuals_for(subset)
+            q = conformal_quantile(np.abs(residuals), self.calibration.coverage)
+            fields["interval"] = {"low": r(max(0.0, score - q)), "high": r(min(1.0, score + q)),
+                                  "coverage": self.calibration.coverage, "calibrated_on": source}
+            fields["severity_probabilities"] = {k: r(v) for k, v in
+                                                band_probabilities(score, residuals, self.severity).items()}
+        if self.ood is not None and ood_score is not None:
+            threshold = self.ood.threshold(subset)
+            fields.update(in_distribution=bool(ood_score <= threshold), ood_score=r(ood_score),
+                          ood_threshold=r(threshold))
+        return fields

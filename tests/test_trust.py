@@ -1,0 +1,162 @@
+"""model.trust: conformal intervals, band probabilities, the OOD detector, and how they reach the checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import mahalanobis
+from sklearn.covariance import LedoitWolf
+
+from model.checkpoint import build_checkpoint, load_checkpoint, load_for_inference, save_checkpoint
+from model.config import MODALITIES, SeverityConfig
+from model.severity import LABELS, severity_label
+from model.trust import (NULL_FIELDS, POOLED, Calibration, OODDetector, Trust, band_probabilities,
+                         conformal_quantile, fit_calibration, fit_distributions, ledoit_wolf, quantile_threshold,
+                         subset_name, thresholds_from)
+
+SEVERITY = SeverityConfig()
+
+
+def test_conformal_quantile_is_the_ceil_n_plus_one_coverage_th_smallest_residual():
+    residuals = np.arange(1, 20, dtype=float)[::-1]  # 19 values, 1..19, unsorted
+    assert conformal_quantile(residuals, 0.9) == 18.0  # ceil(20 * 0.9) = 18
+    assert conformal_quantile(residuals, 0.5) == 10.0  # ceil(20 * 0.5) = 10
+    assert conformal_quantile(np.arange(1.0, 11.0), 0.9) == 10.0  # ceil(11 * 0.9) = 10, not ceil(10 * 0.9) = 9
+    assert conformal_quantile(residuals[:5], 0.9) == math.inf  # ceil(6 * 0.9) = 6 > 5: no finite interval
+
+
+def test_conformal_interval_covers_ninety_percent_of_new_draws():
+    rng = np.random.default_rng(0)
+    calibration = rng.standard_t(3, size=300) * 0.05  # heavy tails: a Gaussian assumption would under-cover
+    q = conformal_quantile(np.abs(calibration), 0.9)
+    new = rng.standard_t(3, size=200_000) * 0.05
+    covered = float((np.abs(new) <= q).mean())
+    # Conformal guarantee: coverage in [0.9, 0.9 + 1/(n+1)] in expectation; allow sampling noise of the 300 draws.
+    assert 0.87 <= covered <= 0.93
+
+
+def test_band_probabilities_count_the_shifted_residuals_in_each_band():
+    rng = np.random.default_rng(1)
+    residuals = rng.normal(0, 0.15, size=101)
+    for score in (0.05, 0.25, 0.4, 0.6, 0.95):
+        got = band_probabilities(score, residuals, SEVERITY)
+        labels = [severity_label(min(1.0, max(0.0, score + r)), SEVERITY) for r in residuals]
+        assert got == {name: labels.count(name) / len(labels) for name in LABELS}
+
+
+def test_a_boundary_value_belongs_to_the_milder_band_as_in_model_severity():
+    got = band_probabilities(SEVERITY.mild_max, np.zeros(4), SEVERITY)
+    assert got == {"Mild": 1.0, "Moderate": 0.0, "Severe": 0.0}
+
+
+def test_ledoit_wolf_matches_scikit_learn():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 12)) @ rng.normal(size=(12, 12))  # fewer samples than would make S well conditioned
+    mean, covariance, shrinkage = ledoit_wolf(x)
+    reference = LedoitWolf().fit(x)
+    np.testing.assert_allclose(mean, reference.location_, rtol=1e-10)
+    np.testing.assert_allclose(covariance, reference.covariance_, rtol=1e-8, atol=1e-10)
+    assert shrinkage == pytest.approx(reference.shrinkage_, rel=1e-8)
+
+
+def test_feature_distance_is_mahalanobis_over_root_dimension():
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(200, 6)) * np.array([1, 2, 3, 0.5, 1, 1])
+    dist = fit_distributions({m: train for m in MODALITIES})["clinical"]
+    _, covariance, _ = ledoit_wolf(train)
+    probe = rng.normal(size=(5, 6)) * 3
+    expected = [mahalanobis(p, train.mean(0), np.linalg.inv(covariance)) / math.sqrt(6) for p in probe]
+    np.testing.assert_allclose(dist.distance(torch.tensor(probe)).numpy(), expected, rtol=1e-5)
+
+
+def detector(seed: int = 4, dim: int = 8) -> OODDetector:
+    rng = np.random.default_rng(seed)
+    distributions = fit_distributions({m: rng.normal(size=(300, dim)) for m in MODALITIES})
+    return thresholds_from(distributions, {"clinical": [1.0] * 40, "clinical+dermoscopy": [1.5] * 40,
+                                           "clinical+multispectral": [2.0] * 3}, quantile=0.99)
+
+
+def test_ood_score_is_the_largest_distance_over_present_modalities_and_thresholds_are_per_subset():
+    ood = detector()
+    features = torch.zeros(2, len(MODALITIES), 8)
+    features[0, 1] = 10.0  # far dermoscopy feature
+    features[1, 2] = 10.0  # far multispectral feature, but multispectral absent in that row
+    present = torch.tensor([[True, True, False], [True, True, False]])
+    scores = ood.scores(features, present)
+    distances = ood.distances(features)
+    assert scores[0] == distances[0, :2].max() and scores[0] > 5
+    assert scores[1] == distances[1, :2].max() and scores[1] < scores[0]
+    assert ood.threshold("clinical+dermoscopy") == 1.5
+    assert ood.threshold("clinical+multispectral") == ood.pooled_threshold  # 3 lesions: too few, pooled
+    assert quantile_threshold(np.arange(1.0, 101.0), 0.99) == 100.0  # ceil(101 * 0.99) = 100th smallest
+
+
+def calibration() -> Calibration:
+    rng = np.random.default_rng(5)
+    return fit_calibration({"clinical": rng.normal(0, 0.2, 200), "clinical+dermoscopy": rng.normal(0, 0.05, 200),
+                            "clinical+multispectral": rng.normal(0, 0.05, 10)}, coverage=0.9)
+
+
+def test_an_answer_of_a_subset_with_few_lesions_uses_the_pooled_residuals_and_says_so():
+    trust = Trust(calibration(), detector(), SEVERITY)
+    present = torch.tensor([[True, True, False], [True, False, True], [True, False, False]])
+    fields = trust.assess([0.5, 0.5, 0.5], torch.zeros(3, len(MODALITIES), 8), present)
+    derm, ms, clinical = (f["interval"] for f in fields)
+    assert derm["calibrated_on"] == "clinical+dermoscopy" and ms["calibrated_on"] == POOLED
+    assert clinical["calibrated_on"] == "clinical"
+    cal = calibration()
+    pooled = np.concatenate(list(cal.residuals.values()))
+    q = conformal_quantile(np.abs(pooled), 0.9)
+    assert ms["low"] == pytest.approx(0.5 - q) and ms["high"] == pytest.approx(0.5 + q)
+    assert derm["high"] - derm["low"] < clinical["high"] - clinical["low"]  # a better subset, a narrower interval
+    assert all(f["in_distribution"] for f in fields)
+
+
+def test_interval_is_clipped_to_the_score_range():
+    fields = Trust(calibration(), None, SEVERITY).assess([0.02], torch.zeros(1, 3, 8), torch.tensor([[1, 0, 0]]).bool())
+    assert fields[0]["interval"]["low"] == 0.0 and fields[0]["interval"]["high"] < 1.0
+    assert fields[0]["in_distribution"] is None and fields[0]["ood_score"] is None
+
+
+def test_trust_survives_a_weights_only_checkpoint_round_trip(tiny_model, tiny_model_cfg, tiny_data_cfg, tmp_path):
+    trust = {"format": 1, "calibration": calibration().to_dict(), "ood": detector().to_dict()}
+    path = save_checkpoint(build_checkpoint(tiny_model, tiny_model_cfg, tiny_data_cfg, SEVERITY, {}, trust=trust),
+                           tmp_path / "c.pth")
+    loaded = load_for_inference(path)
+    assert "trust" in torch.load(path, weights_only=True)
+    features = torch.randn(2, len(MODALITIES), 8)
+    present = torch.tensor([[True, True, True], [True, False, False]])
+    expected = Trust(calibration(), detector(), SEVERITY).assess([0.3, 0.7], features, present)
+    assert loaded.trust.assess([0.3, 0.7], features, present) == expected
+
+
+def test_a_checkpoint_without_trust_gives_null_fields_and_says_why(tiny_checkpoint, caplog):
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    checkpoint.pop("trust", None)
+    with caplog.at_level(logging.WARNING, logger="model.trust"):
+        trust = Trust.from_checkpoint(checkpoint, SEVERITY)
+    assert "training.calibrate" in caplog.text and "null" in caplog.text
+    (fields,) = trust.assess([0.4], torch.zeros(1, 3, 8), torch.tensor([[True, False, False]]))
+    assert fields == NULL_FIELDS
+
+
+def test_subset_names_follow_the_modality_order():
+    assert subset_name(["multispectral", "clinical"]) == "clinical+multispectral"
+
+
+def test_fusion_model_returns_each_encoders_feature_with_zeros_for_absent_rows(tiny_model):
+    torch.manual_seed(0)
+    images = torch.randn(3, 2, 3, 64, 64)
+    mask = torch.tensor([[True, False], [False, True]])
+    with torch.no_grad():
+        out = tiny_model(*images, mask)
+        assert out.features.shape == (2, len(MODALITIES), tiny_model.dim)
+        torch.testing.assert_close(out.features[:, 0], tiny_model.encoders["clinical"](images[0]))
+        torch.testing.assert_close(out.features[0, 1], tiny_model.encoders["dermoscopy"](images[1][:1])[0])
+        assert not out.features[1, 1].any() and not out.features[0, 2].any()
+        alone = tiny_model(*images[:, 1:], mask[1:])
+    torch.testing.assert_close(out.features[1:], alone.features, rtol=0, atol=1e-5)

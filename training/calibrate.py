@@ -1,0 +1,204 @@
+"""Fit what tells a user how far to trust a score (``model.trust``), and store it in a checkpoint.
+
+    python -m training.calibrate --checkpoint CKPT --data DIR [--coverage 0.9] --out CKPT2
+
+``training.train`` calls :func:`fit_trust` at the end of training with its own split: the training lesions give the
+feature distribution of each encoder, the validation lesions the conformal residuals per modality subset and the
+out-of-distribution thresholds. This command does the same without training:
+
+* DIR is the checkpoint's training data (same data hash, split recorded): exactly what training would have done;
+* other labelled data: every lesion of DIR calibrates the interval and the thresholds; the feature distributions
+  stay the checkpoint's, or, for a checkpoint that has none, are fitted on half of DIR's patients (seeded split)
+  and the thresholds are set on the other half.
+
+The result's ``provenance.calibration`` says what was used (data, hash, lesions per subset, which subsets fall back
+to the pooled residuals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from model.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint, save_checkpoint
+from model.config import AUX_MODALITIES, MODALITIES
+from model.trust import (DEFAULT_COVERAGE, MIN_SUBSET_LESIONS, OOD_QUANTILE, TRUST_FORMAT, FeatureDistribution,
+                         OODDetector, fit_calibration, fit_distributions, subset_name, thresholds_from)
+from training.data import Lesion, LesionDataset, index_dataset, select, split_by_patient
+
+log = logging.getLogger("training.calibrate")
+
+
+@dataclass
+class Scored:
+    """Lesions scored with every modality subset they have.
+
+    ``true [N]``; ``subsets[name] [N]`` the score with exactly that subset (NaN where the lesion lacks one of its
+    modalities); ``features [N, M, D]`` each encoder's feature; ``present [N, M]`` bool the modalities each has.
+    """
+
+    true: np.ndarray
+    subsets: dict[str, np.ndarray]
+    features: torch.Tensor
+    present: torch.Tensor
+
+
+def aux_subsets() -> list[tuple[str, ...]]:
+    """Every set of auxiliary modalities, from none to all."""
+    return [c for k in range(len(AUX_MODALITIES) + 1) for c in combinations(AUX_MODALITIES, k)]
+
+
+@torch.no_grad()
+def score_lesions(model: torch.nn.Module, lesions: list[Lesion], data_cfg, batch_size: int = 32,
+                  device: str | torch.device = "cpu") -> Scored:
+    """Score each lesion with each modality subset it has (masked inputs) and keep its encoder features."""
+    model.eval()
+    loader = DataLoader(LesionDataset(lesions, data_cfg, train=False), batch_size=batch_size, shuffle=False)
+    names = {aux: subset_name(("clinical", *aux)) for aux in aux_subsets()}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names.values()}
+    true, features, present = [], [], []
+    for batch in loader:
+        images = [batch[m].to(device) for m in MODALITIES]
+        available = batch["aux_mask"]  # [B, 2]
+        full = model(*images, available.to(device))
+        features.append(full.features.float().cpu())
+        present.append(torch.cat([torch.ones(len(available), 1, dtype=torch.bool), available], dim=1))
+        true.append(batch["score"].numpy())
+        for aux, name in names.items():
+            wanted = torch.tensor([m in aux for m in AUX_MODALITIES]).expand_as(available)
+            has_all = (available | ~wanted).all(dim=1)  # [B]
+            scores = model(*images, (wanted & available).to(device)).score.float().cpu().numpy()
+            parts[name].append(np.where(has_all.numpy(), scores, np.nan))
+    return Scored(np.concatenate(true).astype(np.float64),
+                  {k: np.concatenate(v).astype(np.float64) for k, v in parts.items()},
+                  torch.cat(features), torch.cat(present))
+
+
+def residuals_by_subset(scored: Scored) -> dict[str, np.ndarray]:
+    """Signed residuals (true - predicted) of the lesions that have each subset."""
+    return {k: (scored.true - v)[~np.isnan(v)] for k, v in scored.subsets.items()}
+
+
+def ood_scores_by_subset(distributions: dict[str, FeatureDistribution], scored: Scored) -> dict[str, np.ndarray]:
+    """Each lesion's OOD score (largest distance over the subset's modalities), per subset it has."""
+    probe = OODDetector(distributions, {}, 0.0)
+    distances = probe.distances(scored.features).numpy()  # [N, M]
+    out = {}
+    for name, scores in scored.subsets.items():
+        cols = [MODALITIES.index(m) for m in name.split("+")]
+        out[name] = distances[~np.isnan(scores)][:, cols].max(axis=1)
+    return out
+
+
+def training_features(scored: Scored) -> dict[str, np.ndarray]:
+    """``{modality: [N_m, D]}``: the features of the lesions that have each modality."""
+    return {m: scored.features[scored.present[:, i], i].numpy() for i, m in enumerate(MODALITIES)}
+
+
+def fit_trust(model: torch.nn.Module, data_cfg, fit_lesions: list[Lesion] | None, calibration_lesions: list[Lesion],
+              coverage: float = DEFAULT_COVERAGE, distributions: dict[str, FeatureDistribution] | None = None,
+              device: str | torch.device = "cpu", batch_size: int = 32) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint's ``"trust"`` section and a provenance summary.
+
+    Args:
+        fit_lesions: lesions whose features define the training distribution (None: keep ``distributions``).
+        calibration_lesions: lesions not trained on, for the residuals and the OOD thresholds.
+    """
+    if distributions is None:
+        if not fit_lesions:
+            raise ValueError("no lesions to fit the feature distributions on")
+        distributions = fit_distributions(training_features(score_lesions(model, fit_lesions, data_cfg, batch_size,
+                                                                          device)))
+    scored = score_lesions(model, calibration_lesions, data_cfg, batch_size, device)
+    residuals = residuals_by_subset(scored)
+    calibration = fit_calibration(residuals, coverage)
+    ood = thresholds_from(distributions, ood_scores_by_subset(distributions, scored), OOD_QUANTILE)
+    counts = {k: len(v) for k, v in residuals.items()}
+    provenance = {
+        "coverage": coverage,
+        "calibration_lesions": len(calibration_lesions),
+        "fit_lesions": len(fit_lesions) if fit_lesions else None,
+        "lesions_per_subset": counts,
+        "pooled_fallback": sorted(k for k, n in counts.items() if n < MIN_SUBSET_LESIONS),
+        "min_lesions": MIN_SUBSET_LESIONS,
+        "half_widths": {k: calibration.half_width(k) for k in counts},
+        "ood_quantile": OOD_QUANTILE,
+        "ood_thresholds": dict(ood.thresholds),
+        "ood_pooled_threshold": ood.pooled_threshold,
+    }
+    for name in provenance["pooled_fallback"]:
+        log.warning("subset %s has %d calibration lesions (< %d): its answers use the pooled residuals", name,
+                    counts[name], MIN_SUBSET_LESIONS)
+    section = {"format": TRUST_FORMAT, "calibration": calibration.to_dict(), "ood": ood.to_dict()}
+    return section, provenance
+
+
+def calibrate_checkpoint(checkpoint: dict[str, Any], data: Path, coverage: float = DEFAULT_COVERAGE,
+                         device: str = "cpu") -> dict[str, Any]:
+    """A copy of ``checkpoint`` with a fresh ``"trust"`` section fitted on ``data`` (see the module doc)."""
+    loaded: LoadedModel = model_from_checkpoint(checkpoint)
+    loaded.model.to(device)
+    index = index_dataset(data)
+    if not index.lesions:
+        raise ValueError(f"{data}: no labelled lesion to calibrate on")
+    provenance = checkpoint.get("provenance", {})
+    split = provenance.get("split") or {}
+    distributions = None
+    if provenance.get("data_hash") == index.data_hash and split.get("train") and split.get("val"):
+        fit, calib, how = select(index.lesions, split["train"], str(data)), \
+            select(index.lesions, split["val"], str(data)), "the checkpoint's own train/validation split"
+    elif checkpoint.get("trust", {}).get("ood"):
+        distributions = OODDetector.from_dict(checkpoint["trust"]["ood"]).distributions
+        fit, calib, how = None, index.lesions, "every lesion (feature distributions kept from the checkpoint)"
+    else:
+        fit, calib = split_by_patient(index.lesions, 0.5, seed=0)
+        how = "half the patients for the feature distributions, the other half for residuals and thresholds"
+    log.info("calibrating on %s: %s", data, how)
+    section, summary = fit_trust(loaded.model, loaded.data_cfg, fit, calib, coverage, distributions, device)
+    summary.update(data=str(data), data_hash=index.data_hash, method=how)
+    out = dict(checkpoint)
+    out["trust"] = section
+    out["provenance"] = {**provenance, "calibration": summary}
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by training.train")
+    p.add_argument("--data", type=Path, required=True, help="labelled dataset folder or manifest .csv")
+    p.add_argument("--coverage", type=float, default=DEFAULT_COVERAGE, help="of the interval (default 0.9)")
+    p.add_argument("--out", type=Path, required=True, help="where to write the calibrated checkpoint")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    if not 0.0 < args.coverage < 1.0:
+        p.error(f"--coverage must be in (0, 1), got {args.coverage}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        checkpoint = calibrate_checkpoint(load_checkpoint(args.checkpoint), args.data, args.coverage, args.device)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"training.calibrate: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    save_checkpoint(checkpoint, args.out)
+    summary = checkpoint["provenance"]["calibration"]
+    print(f"wrote {args.out}: {summary['coverage']:.0%} intervals, half-widths "
+          + ", ".join(f"{k} {v:.3f}" for k, v in summary["half_widths"].items())
+          + f"; OOD thresholds {summary['ood_thresholds']} (pooled {summary['ood_pooled_threshold']:.3f})")
+    return args.out
+
+
+if __name__ == "__main__":
+    main()
