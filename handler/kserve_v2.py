@@ -8,7 +8,12 @@ the image file; ``clinical`` is required, ``dermoscopy`` and ``multispectral`` a
 
 The answer's outputs (:func:`answer_tensors`) carry the same values as the JSON answer of ``/predictions``:
 ``score`` FP32 [1], ``severity`` BYTES [1], ``modalities`` BYTES [k], ``simulated`` BYTES [m] (m may be 0),
-``attention`` FP32 [3] with ``attention_tokens`` BYTES [3] naming its entries, ``model_version`` BYTES [1].
+``attention`` FP32 [3] with ``attention_tokens`` BYTES [3] naming its entries, ``model_version`` BYTES [1], and how
+far to trust the score: ``interval`` FP32 [2] (low, high), ``interval_coverage`` FP32 [1],
+``interval_calibrated_on`` BYTES [1], ``severity_probabilities`` FP32 [3] in the order of ``severity_labels``
+BYTES [3], ``in_distribution`` BOOL [1], ``ood_score`` FP32 [1], ``ood_threshold`` FP32 [1] (each of these with
+shape [0] where the JSON answer has null: a checkpoint without calibration), and ``quality_warnings`` BYTES [k]
+(``"<modality>:<warning>"``, k may be 0).
 A rejected request answers ``error`` BYTES [1], ``field`` BYTES [1], ``status`` INT32 [1] (TorchServe, with that
 HTTP status); the KServe-native server answers v2's own ``{"error": ...}`` instead.
 
@@ -29,13 +34,14 @@ from handler.predictor import FIELDS, REQUIRED_FIELD, Failure, Predictor
 from model.fusion_model import ATTENTION_TOKENS
 from model.preprocessing import InputError
 from model.scoring import Sample
+from model.severity import LABELS
 
 log = logging.getLogger(__name__)
 
 INPUTS: dict[str, str] = {modality: name for name, modality in FIELDS.items()}
 """v2 input name -> Predictor field: ``clinical`` -> ``clinical_image`` and so on."""
 REQUIRED_INPUT = FIELDS[REQUIRED_FIELD]
-NUMPY_DTYPES = {"FP32": np.float32, "INT32": np.int32, "BYTES": object}
+NUMPY_DTYPES = {"FP32": np.float32, "INT32": np.int32, "BOOL": np.bool_, "BYTES": object}
 """How each output datatype reaches TorchServe's envelope, which derives the v2 datatype from the numpy dtype."""
 
 
@@ -83,6 +89,25 @@ def answer_tensors(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
         _tensor("attention", "FP32", [attention[t] for t in ATTENTION_TOKENS]),
         _tensor("attention_tokens", "BYTES", list(ATTENTION_TOKENS)),
         _tensor("model_version", "BYTES", [answer["model_version"]]),
+        *trust_tensors(answer),
+    ]
+
+
+def trust_tensors(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The trust fields of an answer as v2 tensors; a null field is a tensor of shape [0]."""
+    interval, probabilities = answer.get("interval"), answer.get("severity_probabilities")
+    in_distribution, ood_score, threshold = (answer.get(k) for k in ("in_distribution", "ood_score", "ood_threshold"))
+    return [
+        _tensor("interval", "FP32", [interval["low"], interval["high"]] if interval else []),
+        _tensor("interval_coverage", "FP32", [interval["coverage"]] if interval else []),
+        _tensor("interval_calibrated_on", "BYTES", [interval["calibrated_on"]] if interval else []),
+        _tensor("severity_probabilities", "FP32", [probabilities[k] for k in LABELS] if probabilities else []),
+        _tensor("severity_labels", "BYTES", list(LABELS)),
+        _tensor("in_distribution", "BOOL", [] if in_distribution is None else [bool(in_distribution)]),
+        _tensor("ood_score", "FP32", [] if ood_score is None else [ood_score]),
+        _tensor("ood_threshold", "FP32", [] if threshold is None else [threshold]),
+        _tensor("quality_warnings", "BYTES", [f"{w['modality']}:{w['warning']}"
+                                              for w in answer.get("quality_warnings") or []]),
     ]
 
 
@@ -108,6 +133,28 @@ def answer_from_tensors(outputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "simulated": list(by_name["simulated"]),
         "attention": dict(zip(by_name["attention_tokens"], map(float, by_name["attention"]), strict=True)),
         "model_version": by_name["model_version"][0],
+        **trust_from_tensors(by_name),
+    }
+
+
+def trust_from_tensors(by_name: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    """The inverse of :func:`trust_tensors` (float32 values, as a v2 client reads them)."""
+    def one(name: str) -> Any:
+        return by_name[name][0] if len(by_name.get(name, [])) else None
+
+    interval = by_name.get("interval") or []
+    probabilities = by_name.get("severity_probabilities") or []
+    return {
+        "interval": {"low": float(interval[0]), "high": float(interval[1]),
+                     "coverage": float(one("interval_coverage")),
+                     "calibrated_on": one("interval_calibrated_on")} if len(interval) else None,
+        "severity_probabilities": dict(zip(by_name["severity_labels"], map(float, probabilities), strict=True))
+        if len(probabilities) else None,
+        "in_distribution": None if one("in_distribution") is None else bool(one("in_distribution")),
+        "ood_score": None if one("ood_score") is None else float(one("ood_score")),
+        "ood_threshold": None if one("ood_threshold") is None else float(one("ood_threshold")),
+        "quality_warnings": [dict(zip(("modality", "warning"), w.split(":", 1), strict=True))
+                             for w in by_name.get("quality_warnings") or []],
     }
 
 

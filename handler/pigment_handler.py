@@ -72,6 +72,9 @@ class PigmentHandler(BaseHandler):
         """One batched forward for all valid predictions, Grad-CAM for explanations, one answer per request in order."""
         start = time.perf_counter()
         answers = self.predictor.answer(prepared, explain=self._explanation_requests(len(prepared)))
+        for idx, (item, answer) in enumerate(zip(prepared, answers, strict=True)):
+            if not isinstance(item, Failure) and "error" in answer:  # rejected after scoring (out of distribution)
+                self.context.set_response_status(answer["status"], http.HTTPStatus(answer["status"]).phrase, idx=idx)
         self._time("PigmentInferenceTime", start)
         rejected = sum(isinstance(p, Failure) for p in prepared)
         log.info("batch of %d: %d answered, %d rejected", len(prepared), len(prepared) - rejected, rejected)

@@ -72,6 +72,9 @@ class PredictorOptions:
     max_full_decode_pixels: int = DEFAULT_LIMITS.max_full_decode_pixels
     min_side: int = DEFAULT_LIMITS.min_side
     backend: str = "eager_fp32"
+    reject_out_of_distribution: bool = False
+    """False: an image unlike the training data is scored and flagged (``in_distribution: false``); True: that
+    request is a 422 naming the image's field (the one farthest from the training distribution)."""
 
     @property
     def limits(self) -> ImageLimits:
@@ -136,17 +139,36 @@ class Predictor:
         """
         explain = [False] * len(prepared) if explain is None else list(explain)
         samples = [p for p, e in zip(prepared, explain, strict=True) if isinstance(p, Sample) and not e]
-        scores, attention = self.forward(samples) if samples else (torch.empty(0), torch.empty(0, 0))
-        answers, k = [], 0
-        for item, wants_explanation in zip(prepared, explain, strict=True):
-            if isinstance(item, Failure):
-                answers.append(item.body())
-            elif wants_explanation:
-                answers.append(self.explain_sample(item))
-            else:
-                answers.append(self._format(item, float(scores[k]), attention[k]))
-                k += 1
+        scored = iter(self._score(samples))
+        return [item.body() if isinstance(item, Failure) else self.explain_sample(item) if wants_explanation
+                else next(scored) for item, wants_explanation in zip(prepared, explain, strict=True)]
+
+    def _score(self, samples: list[Sample]) -> list[dict[str, Any]]:
+        """One batched forward -> an answer per sample, or a 422 body where ``reject_out_of_distribution`` says."""
+        if not samples:
+            return []
+        out = self.forward_all(samples)
+        trust = scoring.assess(self.loaded, out, SCORE_DECIMALS)
+        answers = []
+        for i, sample in enumerate(samples):
+            if self.options.reject_out_of_distribution and trust[i]["in_distribution"] is False:
+                answers.append(self._out_of_distribution(sample, trust[i], out.features[i:i + 1],
+                                                         out.present[i:i + 1]).body())
+                continue
+            answers.append(scoring.answer(self.loaded, sample, float(out.scores[i]), out.attention[i].tolist(),
+                                          SCORE_DECIMALS, trust[i]))
         return answers
+
+    def _out_of_distribution(self, sample: Sample, trust: dict[str, Any], features: Tensor,
+                             present: Tensor) -> Failure:
+        """The 422 of a request whose images are unlike the training data, naming the farthest image's field."""
+        distances = self.loaded.trust.ood.distances(features)[0].masked_fill(~present[0], -1.0)  # [M]
+        modality = MODALITIES[int(distances.argmax())]
+        return Failure(422, f"{modality}_image",
+                       f"{modality}_image: does not look like the lesion images the model was trained on "
+                       f"(out-of-distribution score {trust['ood_score']} > threshold {trust['ood_threshold']}); "
+                       f"send a photo of a pigmented skin lesion, or ask the operator to set "
+                       f"handler.reject_out_of_distribution=false to score it with a warning")
 
     def explain_sample(self, sample: Sample) -> dict[str, Any]:
         """One sample -> the answer (``model.scoring.answer``) plus ``heatmaps: {modality: {"png_base64", "peak"}}``.
@@ -164,9 +186,10 @@ class Predictor:
             photo = decode_image(sample.sources[modality], f"{modality}_image", self.limits)
             heatmaps[modality] = {"png_base64": saliency.overlay_base64(photo, heat, max_side=OVERLAY_MAX_SIDE),
                                   "peak": round(float(heat.max()), SCORE_DECIMALS)}
-        scores, attention = scoring.forward(eager, [sample], self.device)  # the same fp32 model, for attention
-        return {**scoring.answer(self.loaded, sample, float(scores[0]), attention[0].tolist(), SCORE_DECIMALS),
-                "heatmaps": heatmaps}
+        out = scoring.forward_all(eager, [sample], self.device)  # the same fp32 model, for attention and trust
+        trust = scoring.assess(self.loaded, out, SCORE_DECIMALS)[0]
+        return {**scoring.answer(self.loaded, sample, float(out.scores[0]), out.attention[0].tolist(),
+                                 SCORE_DECIMALS, trust), "heatmaps": heatmaps}
 
     def _eager_model(self) -> FusionModel:
         """The fp32 torch model for Grad-CAM: the served one under ``eager_fp32``; otherwise a second copy, loaded
@@ -184,6 +207,10 @@ class Predictor:
         """Samples with any modality subsets -> scores ``[B]`` and attention ``[B, 3]`` (``model.scoring.forward``)."""
         return scoring.forward(self.loaded.model, samples, self.device)
 
+    def forward_all(self, samples: list[Sample]) -> scoring.Forward:
+        """:meth:`forward` plus each encoder's feature and the modalities used (``model.scoring.forward_all``)."""
+        return scoring.forward_all(self.loaded.model, samples, self.device)
+
     def _prepare_one(self, request: Any) -> Sample | Failure:
         try:
             return self._decode(read_fields(request))
@@ -196,8 +223,6 @@ class Predictor:
         return scoring.prepare(sources, self.loaded.data_cfg, self.limits, self.options.simulate_multispectral,
                                names={m: f"{m}_image" for m in sources})
 
-    def _format(self, sample: Sample, score: float, attention: Tensor) -> dict[str, Any]:
-        return scoring.answer(self.loaded, sample, score, attention.tolist(), decimals=SCORE_DECIMALS)
 
 
 def read_fields(request: Any) -> dict[str, bytes]:

@@ -9,6 +9,9 @@ equals offline" holds by construction rather than by a test of two copies:
   multispectral view simulated by the one rule (:func:`model.preprocessing.simulation_source`);
 * :func:`forward`: any mix of modality subsets in one batched forward (absent rows are zeros, ``aux_mask`` marks
   them), so each sample's score equals its score computed alone;
+* :func:`forward_all`: the same, also returning each encoder's feature and which modalities each sample used;
+* :func:`assess`: how far to trust each score (``model.trust``: interval, band probabilities, OOD flag) and
+  :func:`quality_warnings` (``model.quality``, on the decoded photos actually sent, not on simulated views);
 * :func:`answer`: the answer dict (``model.answer.format_answer``).
 
 Augmentation and sampling are training's business and stay in ``training/``.
@@ -19,12 +22,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from model import quality
 from model.answer import format_answer
 from model.checkpoint import LoadedModel
 from model.config import AUX_MODALITIES, MODALITIES, DataConfig
@@ -123,10 +127,19 @@ def collate(samples: Sequence[Sample]) -> tuple[Tensor, Tensor | None, Tensor | 
     return clinical, aux[0], aux[1], aux_mask
 
 
+class Forward(NamedTuple):
+    """What one batched forward gives for each sample."""
+
+    scores: Tensor  # [B] float32, CPU
+    attention: Tensor  # [B, 3] over ATTENTION_TOKENS
+    features: Tensor  # [B, len(MODALITIES), D] each encoder's pooled feature (zeros where not used)
+    present: Tensor  # [B, len(MODALITIES)] bool: the modalities the sample was scored with
+
+
 @torch.inference_mode()
-def forward(model: nn.Module, samples: Sequence[Sample], device: str | torch.device = "cpu",
-            aux_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Samples with any modality subsets -> scores ``[B]`` and attention ``[B, 3]`` (float32, on the CPU).
+def forward_all(model: nn.Module, samples: Sequence[Sample], device: str | torch.device = "cpu",
+                aux_mask: Tensor | None = None) -> Forward:
+    """Samples with any modality subsets -> :class:`Forward` (scores, attention, encoder features, modalities used).
 
     ``aux_mask [B, 2]`` (optional) hides auxiliary modalities a sample has (evaluation of modality subsets); it
     can only remove views, never add absent ones.
@@ -135,14 +148,35 @@ def forward(model: nn.Module, samples: Sequence[Sample], device: str | torch.dev
     clinical, dermoscopy, multispectral, present = collate(samples)
     mask = present if aux_mask is None else present & aux_mask.bool()
     out = model(*(_to_device(t, device) for t in (clinical, dermoscopy, multispectral, mask)))
-    return out.score.float().cpu(), out.attention.float().cpu()
+    used = torch.cat([torch.ones(len(samples), 1, dtype=torch.bool), mask], dim=1)  # clinical always
+    return Forward(out.score.float().cpu(), out.attention.float().cpu(), out.features.float().cpu(), used)
+
+
+def forward(model: nn.Module, samples: Sequence[Sample], device: str | torch.device = "cpu",
+            aux_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Samples with any modality subsets -> scores ``[B]`` and attention ``[B, 3]`` (float32, on the CPU)."""
+    out = forward_all(model, samples, device, aux_mask)
+    return out.scores, out.attention
+
+
+def assess(loaded: LoadedModel, out: Forward, decimals: int | None = None) -> list[dict[str, Any]]:
+    """The trust fields of each sample of one :func:`forward_all` (``model.trust.Trust.assess``)."""
+    return loaded.trust.assess(out.scores.tolist(), out.features, out.present, decimals)
+
+
+def quality_warnings(sample: Sample) -> list[dict[str, str]]:
+    """Image-quality warnings of the views the user sent (a simulated view repeats its source photo's)."""
+    return quality.warnings_for({m: img for m, img in sample.decoded.items() if m not in sample.simulated})
 
 
 def answer(loaded: LoadedModel, sample: Sample, score: float, attention: Sequence[float],
-           decimals: int | None = None) -> dict[str, Any]:
-    """The answer for one scored sample (``model.answer.format_answer``)."""
+           decimals: int | None = None, trust: Mapping[str, Any] | None = None,
+           warnings: Sequence[Mapping[str, str]] | None = None) -> dict[str, Any]:
+    """The answer for one scored sample (``model.answer.format_answer``); ``trust`` is one :func:`assess` entry,
+    ``warnings`` its :func:`quality_warnings` (computed here when not given)."""
     return format_answer(score, attention, sample.modalities, sample.simulated, loaded.severity, loaded.version,
-                         decimals=decimals)
+                         decimals=decimals, trust=trust,
+                         quality_warnings=quality_warnings(sample) if warnings is None else warnings)
 
 
 def score(loaded: LoadedModel, samples: Sequence[Sample], device: str | torch.device = "cpu",
@@ -150,8 +184,10 @@ def score(loaded: LoadedModel, samples: Sequence[Sample], device: str | torch.de
     """Score samples in one batched forward -> one answer each, in order."""
     if not samples:
         return []
-    scores, attention = forward(loaded.model, samples, device)
-    return [answer(loaded, s, float(scores[i]), attention[i].tolist(), decimals) for i, s in enumerate(samples)]
+    out = forward_all(loaded.model, samples, device)
+    trust = assess(loaded, out, decimals)
+    return [answer(loaded, s, float(out.scores[i]), out.attention[i].tolist(), decimals, trust[i])
+            for i, s in enumerate(samples)]
 
 
 def _to_device(tensor: Tensor | None, device: torch.device) -> Tensor | None:

@@ -245,6 +245,8 @@ class Trust:
     calibration: Calibration | None
     ood: OODDetector | None
     severity: SeverityConfig
+    band_frequencies: dict[str, float] | None = None
+    """The training labels' share per severity band (the baseline forecast of ``training.evaluate``'s Brier)."""
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Mapping[str, Any], severity: SeverityConfig) -> Trust:
@@ -257,8 +259,10 @@ class Trust:
                         "severity_probabilities, in_distribution and ood_score as null; add them with `python -m "
                         "training.calibrate --checkpoint CKPT --data DIR --out CKPT2`",
                         " and ".join(n for n, v in (("calibration", calibration), ("ood detector", ood)) if v is None))
+        frequencies = section.get("train_band_frequencies")
         return cls(Calibration.from_dict(calibration) if calibration else None,
-                   OODDetector.from_dict(ood) if ood else None, severity)
+                   OODDetector.from_dict(ood) if ood else None, severity,
+                   {k: float(v) for k, v in frequencies.items()} if frequencies else None)
 
     def assess(self, scores: Sequence[float], features: Tensor, present: Tensor,
                decimals: int | None = None) -> list[dict[str, Any]]:

@@ -38,11 +38,31 @@ def tiny_model() -> FusionModel:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A randomly initialised (seeded) tiny model saved as a real pigment checkpoint."""
+def trust_data(tmp_path_factory) -> Path:
+    """A small synthetic benchmark (``training.synth``, small images) for fitting and checking ``model.trust``."""
+    from training.synth import generate
+
+    return generate(tmp_path_factory.mktemp("trust_data"), n=60, seed=11, clinical_size=(96, 72),
+                    dermoscopy_size=64)
+
+
+@pytest.fixture(scope="session")
+def uncalibrated_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised (seeded) tiny model saved as a checkpoint of before calibration existed."""
     model = make_tiny_model(seed=0)
     ckpt = build_checkpoint(model, TINY_MODEL_CFG, TINY_DATA_CFG, SeverityConfig(),
                             provenance={"model_version": "tiny-test", "data_hash": "none"})
+    return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "tiny-uncalibrated.pth")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(uncalibrated_checkpoint, trust_data, tmp_path_factory) -> Path:
+    """The same tiny model with a ``trust`` section fitted by ``training.calibrate`` on :func:`trust_data`, so
+    every answer carries an interval, band probabilities and an OOD flag."""
+    from model.checkpoint import load_checkpoint
+    from training.calibrate import calibrate_checkpoint
+
+    ckpt = calibrate_checkpoint(load_checkpoint(uncalibrated_checkpoint), trust_data)
     return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "tiny.pth")
 
 

@@ -31,6 +31,7 @@ from model.config import from_dict
 from serving.kserve_layout import KSERVE_OVERRIDES
 from serving.properties import write_properties
 from serving.torchserve import LocalTorchServe, Ports, torchserve_executable
+from tests.answers import assert_close_answer
 from tests.images import SUBSETS, request_for
 from tests.torchserve_harness import java_available
 
@@ -62,11 +63,7 @@ def v2_body(request: dict[str, bytes], request_id: str | None = None) -> dict:
 
 def assert_same_answer(served: dict, expected: dict) -> None:
     """Equal up to the 4-decimal rounding of answers and FP32 transport."""
-    assert abs(served["score"] - expected["score"]) <= 1e-4
-    for token, weight in expected["attention"].items():
-        assert abs(served["attention"][token] - weight) <= 1e-4
-    rest = [k for k in expected if k not in ("score", "attention")]
-    assert {k: served[k] for k in rest} == {k: expected[k] for k in rest}
+    assert_close_answer(served, expected)
 
 
 def read_properties(path: Path) -> dict[str, str]:

@@ -25,6 +25,7 @@ import requests
 from handler.predictor import Predictor
 from model.checkpoint import load_for_inference
 from serving.grpc_client import GrpcClient, encode_request
+from tests.answers import assert_close_answer
 from tests.conftest import SERVED_BATCH_DELAY_MS, SERVED_BATCH_SIZE
 from tests.images import SUBSETS, image_bytes, request_for, write_request
 from tests.torchserve_harness import (
@@ -71,12 +72,7 @@ def post_together(server, batch: list[dict[str, bytes]]) -> list[requests.Respon
 
 def assert_same_answer(served: dict, expected: dict) -> None:
     """Equal up to the documented rounding: 4 decimals, and float noise across batch compositions."""
-    assert served.keys() == expected.keys()
-    assert abs(served["score"] - expected["score"]) <= 1e-4
-    for token, weight in expected["attention"].items():
-        assert abs(served["attention"][token] - weight) <= 1e-4
-    rest = [k for k in expected if k not in ("score", "attention")]
-    assert {k: served[k] for k in rest} == {k: expected[k] for k in rest}
+    assert_close_answer(served, expected)
 
 
 def batch_log_lines(server) -> list[tuple[int, int, int]]:

@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
+from model import scoring
 from model.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.config import AUX_MODALITIES, MODALITIES
 from model.trust import (DEFAULT_COVERAGE, MIN_SUBSET_LESIONS, OOD_QUANTILE, TRUST_FORMAT, FeatureDistribution,
                          OODDetector, fit_calibration, fit_distributions, subset_name, thresholds_from)
-from training.data import Lesion, LesionDataset, index_dataset, select, split_by_patient
+from model.severity import LABELS, severity_label
+from training.data import Lesion, index_dataset, lesion_sample, select, split_by_patient
 
 log = logging.getLogger("training.calibrate")
 
@@ -57,28 +58,26 @@ def aux_subsets() -> list[tuple[str, ...]]:
     return [c for k in range(len(AUX_MODALITIES) + 1) for c in combinations(AUX_MODALITIES, k)]
 
 
-@torch.no_grad()
 def score_lesions(model: torch.nn.Module, lesions: list[Lesion], data_cfg, batch_size: int = 32,
                   device: str | torch.device = "cpu") -> Scored:
-    """Score each lesion with each modality subset it has (masked inputs) and keep its encoder features."""
+    """Score each lesion with each modality subset it has (``model.scoring``, auxiliary views hidden by the mask)
+    and keep its encoder features (from the forward with every view it has)."""
     model.eval()
-    loader = DataLoader(LesionDataset(lesions, data_cfg, train=False), batch_size=batch_size, shuffle=False)
     names = {aux: subset_name(("clinical", *aux)) for aux in aux_subsets()}
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names.values()}
-    true, features, present = [], [], []
-    for batch in loader:
-        images = [batch[m].to(device) for m in MODALITIES]
-        available = batch["aux_mask"]  # [B, 2]
-        full = model(*images, available.to(device))
-        features.append(full.features.float().cpu())
-        present.append(torch.cat([torch.ones(len(available), 1, dtype=torch.bool), available], dim=1))
-        true.append(batch["score"].numpy())
+    features, present = [], []
+    for start in range(0, len(lesions), batch_size):
+        samples = [lesion_sample(x, data_cfg) for x in lesions[start:start + batch_size]]
+        full = scoring.forward_all(model, samples, device)
+        features.append(full.features)
+        present.append(full.present)
+        available = full.present[:, 1:]  # [B, 2] over AUX_MODALITIES
         for aux, name in names.items():
             wanted = torch.tensor([m in aux for m in AUX_MODALITIES]).expand_as(available)
             has_all = (available | ~wanted).all(dim=1)  # [B]
-            scores = model(*images, (wanted & available).to(device)).score.float().cpu().numpy()
+            scores = scoring.forward(model, samples, device, aux_mask=wanted)[0].numpy()
             parts[name].append(np.where(has_all.numpy(), scores, np.nan))
-    return Scored(np.concatenate(true).astype(np.float64),
+    return Scored(np.array([x.score for x in lesions], dtype=np.float64),
                   {k: np.concatenate(v).astype(np.float64) for k, v in parts.items()},
                   torch.cat(features), torch.cat(present))
 
@@ -104,9 +103,10 @@ def training_features(scored: Scored) -> dict[str, np.ndarray]:
     return {m: scored.features[scored.present[:, i], i].numpy() for i, m in enumerate(MODALITIES)}
 
 
-def fit_trust(model: torch.nn.Module, data_cfg, fit_lesions: list[Lesion] | None, calibration_lesions: list[Lesion],
-              coverage: float = DEFAULT_COVERAGE, distributions: dict[str, FeatureDistribution] | None = None,
-              device: str | torch.device = "cpu", batch_size: int = 32) -> tuple[dict[str, Any], dict[str, Any]]:
+def fit_trust(model: torch.nn.Module, data_cfg, severity, fit_lesions: list[Lesion] | None,
+              calibration_lesions: list[Lesion], coverage: float = DEFAULT_COVERAGE,
+              distributions: dict[str, FeatureDistribution] | None = None, device: str | torch.device = "cpu",
+              batch_size: int = 32) -> tuple[dict[str, Any], dict[str, Any]]:
     """The checkpoint's ``"trust"`` section and a provenance summary.
 
     Args:
@@ -139,7 +139,15 @@ def fit_trust(model: torch.nn.Module, data_cfg, fit_lesions: list[Lesion] | None
         log.warning("subset %s has %d calibration lesions (< %d): its answers use the pooled residuals", name,
                     counts[name], MIN_SUBSET_LESIONS)
     section = {"format": TRUST_FORMAT, "calibration": calibration.to_dict(), "ood": ood.to_dict()}
+    if fit_lesions:
+        section["train_band_frequencies"] = band_frequencies(fit_lesions, severity)
     return section, provenance
+
+
+def band_frequencies(lesions: list[Lesion], severity) -> dict[str, float]:
+    """The share of lesions in each severity band: the constant forecast ``training.evaluate``'s Brier score beats."""
+    labels = [severity_label(x.score, severity) for x in lesions]
+    return {name: labels.count(name) / len(labels) for name in LABELS}
 
 
 def calibrate_checkpoint(checkpoint: dict[str, Any], data: Path, coverage: float = DEFAULT_COVERAGE,
@@ -163,8 +171,12 @@ def calibrate_checkpoint(checkpoint: dict[str, Any], data: Path, coverage: float
         fit, calib = split_by_patient(index.lesions, 0.5, seed=0)
         how = "half the patients for the feature distributions, the other half for residuals and thresholds"
     log.info("calibrating on %s: %s", data, how)
-    section, summary = fit_trust(loaded.model, loaded.data_cfg, fit, calib, coverage, distributions, device)
+    section, summary = fit_trust(loaded.model, loaded.data_cfg, loaded.severity, fit, calib, coverage, distributions,
+                                 device)
     summary.update(data=str(data), data_hash=index.data_hash, method=how)
+    old = checkpoint.get("trust") or {}
+    if "train_band_frequencies" not in section and "train_band_frequencies" in old:
+        section["train_band_frequencies"] = old["train_band_frequencies"]
     out = dict(checkpoint)
     out["trust"] = section
     out["provenance"] = {**provenance, "calibration": summary}

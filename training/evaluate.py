@@ -9,7 +9,8 @@ Writes to OUT:
 
 * ``metrics.csv``  one row per lesion: lesion_id, patient_id, true_score, pred_score, abs_error, true_severity,
   pred_severity, modalities_used (e.g. ``clinical+dermoscopy+multispectral``), multispectral_simulated,
-  pred_clinical_only
+  pred_clinical_only, interval_low, interval_high, in_distribution, ood_score (``model.trust``; empty cells when
+  the checkpoint has no calibration)
 * ``summary.json`` every number, keys below
 * ``score_distribution.png``, ``severity_distribution.png``, ``pred_vs_true.png``, ``reliability.png`` (mean true vs
   mean predicted score per predicted-score bin, with the lesions of each bin counted per skin-tone band)
@@ -45,6 +46,13 @@ confusion_matrix``; the matrix is 3x3, rows = true Mild/Moderate/Severe, columns
 ``skin_tone_source``           ``"manifest"``, ``"synth_truth.csv"`` or ``"measured_ita"`` (dermoscopy, else clinical)
 ``by_site``                    ``{site: metrics block}`` when the manifest gives a ``site`` (lesions without one:
                                ``unknown``); absent otherwise
+``trust``                      null for a checkpoint without calibration; else ``coverage_target``, ``overall``
+                               (each lesion with its own modalities) and ``subsets`` (as above): ``n``,
+                               ``coverage`` (share of true scores inside the interval), ``mean_width``, ``brier``
+                               (of the band probabilities, summed over the 3 bands), ``brier_baseline`` (of always
+                               forecasting ``baseline_band_frequencies``, the training labels' band shares, or the
+                               evaluated labels' when the checkpoint lacks them: ``baseline_source``),
+                               ``ood_flagged`` (share with ``in_distribution`` false)
 ``bootstrap``                  95% percentile intervals resampling lesions: ``{"mae": [lo, hi], "quadratic_kappa":
                                [lo, hi] or null, "n_resamples": 1000, "seed": 0}``
 =============================  ================================================================================
@@ -71,8 +79,8 @@ from model.cli import run
 from model.colorimetry import SKIN_TONE_BANDS, SegmentationError, measure
 from model.config import AUX_MODALITIES
 from model.preprocessing import load_image
-from model.scoring import collate, forward
-from model.severity import LABELS, severity_label
+from model.scoring import assess, collate, forward_all
+from model.severity import LABELS, severity_index, severity_label
 from training.data import Lesion, available_modalities, index_dataset, lesion_sample, select
 from training.metrics import bootstrap_intervals, score_metrics
 
@@ -108,15 +116,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loaded = load_for_inference(args.checkpoint, args.device)
     index = index_dataset(args.data)
     lesions = lesions_for_split(index.lesions, args.split, loaded.provenance, str(args.data))
-    predictions = predict_subsets(loaded, lesions, args.batch_size, args.device)
+    predictions, trust = predict_subsets(loaded, lesions, args.batch_size, args.device)
     summary = summarize(loaded, lesions, predictions)
+    summary["trust"] = trust_summary(loaded, lesions, trust)
     tones, tone_source = skin_tones(lesions, args.data)
     summary.update(checkpoint=str(args.checkpoint), data=str(args.data), data_hash=index.data_hash,
                    split=args.split, skipped=index.skip_counts(), skin_tone_source=tone_source,
                    by_skin_tone=by_skin_tone(lesions, predictions["available"], tones, loaded))
     if any(x.site for x in lesions):
         summary["by_site"] = by_site(lesions, predictions["available"], loaded)
-    write_outputs(args.out, loaded, lesions, predictions, summary, tones)
+    write_outputs(args.out, loaded, lesions, predictions, summary, tones, trust["available"])
     print_summary(summary, args.out)
     return summary
 
@@ -132,23 +141,67 @@ def lesions_for_split(lesions: list[Lesion], split: str, provenance: dict[str, A
 
 
 def predict_subsets(loaded: LoadedModel, lesions: list[Lesion], batch_size: int = 32,
-                    device: str = "cpu") -> dict[str, np.ndarray]:
-    """Scores ``[N]`` per key: ``"available"`` (each lesion's own modalities) and each of :data:`SUBSETS`.
+                    device: str = "cpu") -> tuple[dict[str, np.ndarray], dict[str, list[dict[str, Any] | None]]]:
+    """Scores ``[N]`` per key: ``"available"`` (each lesion's own modalities) and each of :data:`SUBSETS`, and the
+    same keys' trust fields (``model.scoring.assess``: interval, band probabilities, OOD flag) per lesion.
 
     Every lesion goes through the one scoring path (``model.scoring``); a subset hides the auxiliary modalities
-    it does not use. A subset's score for a lesion lacking one of its modalities is NaN (it is not in that subset).
+    it does not use. A subset's score for a lesion lacking one of its modalities is NaN (it is not in that subset)
+    and its trust entry None.
     """
     out: dict[str, list[np.ndarray]] = {name: [] for name in ("available", *SUBSETS)}
+    trust: dict[str, list[dict[str, Any] | None]] = {name: [] for name in out}
     for start in range(0, len(lesions), batch_size):
         samples = [lesion_sample(x, loaded.data_cfg) for x in lesions[start:start + batch_size]]
         present = collate(samples)[3]  # [B, 2]
-        out["available"].append(forward(loaded.model, samples, device)[0].numpy())
+        full = forward_all(loaded.model, samples, device)
+        out["available"].append(full.scores.numpy())
+        trust["available"].extend(assess(loaded, full))
         for name, aux in SUBSETS.items():
             wanted = torch.tensor([m in aux for m in AUX_MODALITIES]).expand_as(present)
             has_all = (present | ~wanted).all(dim=1)  # [B]
-            scores = forward(loaded.model, samples, device, aux_mask=wanted)[0].numpy()
-            out[name].append(np.where(has_all.numpy(), scores, np.nan))
-    return {name: np.concatenate(parts).astype(np.float64) for name, parts in out.items()}
+            masked = forward_all(loaded.model, samples, device, aux_mask=wanted)
+            out[name].append(np.where(has_all.numpy(), masked.scores.numpy(), np.nan))
+            trust[name].extend(f if ok else None for f, ok in zip(assess(loaded, masked), has_all.tolist(),
+                                                                 strict=True))
+    return {name: np.concatenate(parts).astype(np.float64) for name, parts in out.items()}, trust
+
+
+def trust_summary(loaded: LoadedModel, lesions: list[Lesion],
+                  trust: dict[str, list[dict[str, Any] | None]]) -> dict[str, Any] | None:
+    """Coverage, width, Brier score and OOD share of the answers' trust fields (None: the checkpoint has none)."""
+    if loaded.trust is None or loaded.trust.calibration is None:
+        return None
+    true = np.array([x.score for x in lesions], dtype=np.float64)
+    frequencies, source = loaded.trust.band_frequencies, "checkpoint"
+    if frequencies is None:
+        labels = [severity_label(t, loaded.severity) for t in true]
+        frequencies, source = {k: labels.count(k) / len(labels) for k in LABELS}, "evaluated_labels"
+    blocks = {name: trust_block(true, fields, frequencies, loaded) for name, fields in trust.items()}
+    return {"coverage_target": loaded.trust.calibration.coverage, "overall": blocks.pop("available"),
+            "subsets": blocks, "baseline_band_frequencies": frequencies, "baseline_source": source}
+
+
+def trust_block(true: np.ndarray, fields: list[dict[str, Any] | None], frequencies: dict[str, float],
+                loaded: LoadedModel) -> dict[str, Any]:
+    """``n, coverage, mean_width, brier, brier_baseline, ood_flagged`` over the lesions that have ``fields``."""
+    rows = [i for i, f in enumerate(fields) if f is not None]
+    if not rows:
+        return {"n": 0}
+    onehot = np.eye(len(LABELS))[[severity_index(true[i], loaded.severity) for i in rows]]  # [n, 3]
+    probs = np.array([[fields[i]["severity_probabilities"][k] for k in LABELS] for i in rows])
+    baseline = np.array([frequencies[k] for k in LABELS])
+    low = np.array([fields[i]["interval"]["low"] for i in rows])
+    high = np.array([fields[i]["interval"]["high"] for i in rows])
+    flagged = [fields[i]["in_distribution"] is False for i in rows]
+    return {
+        "n": len(rows),
+        "coverage": float(((true[rows] >= low) & (true[rows] <= high)).mean()),
+        "mean_width": float((high - low).mean()),
+        "brier": float(((probs - onehot) ** 2).sum(axis=1).mean()),
+        "brier_baseline": float(((baseline - onehot) ** 2).sum(axis=1).mean()),
+        "ood_flagged": float(np.mean(flagged)),
+    }
 
 
 def summarize(loaded: LoadedModel, lesions: list[Lesion], predictions: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -241,9 +294,10 @@ def _counts(scores: np.ndarray, severity) -> dict[str, int]:
 
 
 def write_outputs(out: Path, loaded: LoadedModel, lesions: list[Lesion], predictions: dict[str, np.ndarray],
-                  summary: dict[str, Any], tones: list[str] | None = None) -> None:
+                  summary: dict[str, Any], tones: list[str] | None = None,
+                  trust: list[dict[str, Any] | None] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    write_metrics_csv(out / "metrics.csv", loaded, lesions, predictions)
+    write_metrics_csv(out / "metrics.csv", loaded, lesions, predictions, trust)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     true = np.array([x.score for x in lesions])
     plot_score_distribution(out / "score_distribution.png", true, predictions["available"])
@@ -253,12 +307,14 @@ def write_outputs(out: Path, loaded: LoadedModel, lesions: list[Lesion], predict
 
 
 def write_metrics_csv(path: Path, loaded: LoadedModel, lesions: list[Lesion],
-                      predictions: dict[str, np.ndarray]) -> None:
+                      predictions: dict[str, np.ndarray], trust: list[dict[str, Any] | None] | None = None) -> None:
     severity = loaded.severity
+    trust = trust or [None] * len(lesions)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["lesion_id", "patient_id", "true_score", "pred_score", "abs_error", "true_severity",
-                         "pred_severity", "modalities_used", "multispectral_simulated", "pred_clinical_only"])
+                         "pred_severity", "modalities_used", "multispectral_simulated", "pred_clinical_only",
+                         *TRUST_COLUMNS])
         for i, lesion in enumerate(lesions):
             pred = float(predictions["available"][i])
             used = available_modalities(lesion, loaded.data_cfg)
@@ -266,7 +322,19 @@ def write_metrics_csv(path: Path, loaded: LoadedModel, lesions: list[Lesion],
                              f"{abs(pred - lesion.score):.6f}", severity_label(lesion.score, severity),
                              severity_label(pred, severity), "+".join(used),
                              used.get("multispectral") == "simulated",
-                             f"{predictions['clinical_only'][i]:.6f}"])
+                             f"{predictions['clinical_only'][i]:.6f}", *trust_cells(trust[i])])
+
+
+TRUST_COLUMNS = ("interval_low", "interval_high", "in_distribution", "ood_score")
+
+
+def trust_cells(fields: dict[str, Any] | None) -> list[str]:
+    """The metrics.csv cells of one answer's trust fields; empty where the checkpoint has none."""
+    fields = fields or {}
+    interval = fields.get("interval") or {}
+    return [f"{interval['low']:.6f}" if interval else "", f"{interval['high']:.6f}" if interval else "",
+            "" if fields.get("in_distribution") is None else str(fields["in_distribution"]),
+            "" if fields.get("ood_score") is None else f"{fields['ood_score']:.6f}"]
 
 
 def plot_score_distribution(path: Path, true: np.ndarray, pred: np.ndarray) -> None:
@@ -345,6 +413,13 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     kappa = boot["quadratic_kappa"]
     print(f"  95% bootstrap intervals: MAE [{boot['mae'][0]:.4f}, {boot['mae'][1]:.4f}]  kappa "
           + ("n/a" if kappa is None else f"[{kappa[0]:.4f}, {kappa[1]:.4f}]"))
+    trust = summary.get("trust")
+    if trust:
+        for name, block in {"overall": trust["overall"], **trust["subsets"]}.items():
+            if block["n"]:
+                print(f"  {trust['coverage_target']:.0%} interval {name:<24} n={block['n']:<5} coverage "
+                      f"{block['coverage']:.3f}  mean width {block['mean_width']:.3f}  Brier {block['brier']:.4f} "
+                      f"(band frequencies {block['brier_baseline']:.4f})  flagged OOD {block['ood_flagged']:.3f}")
     for band, block in summary.get("by_skin_tone", {}).items():
         if block["n"]:
             print(f"  skin tone {band:<14} n={block['n']:<5} MAE {block['mae']:.4f}  "

@@ -53,12 +53,30 @@ def predict_files(loaded: LoadedModel, files: dict[str, Path | None], simulate_m
     return scoring.score(loaded, [sample], device)[0]
 
 
+def trust_lines(answer: dict[str, Any]) -> list[str]:
+    """The interval, band probabilities, OOD flag and quality warnings, when the checkpoint has them."""
+    lines = []
+    if answer.get("interval"):
+        i = answer["interval"]
+        lines.append(f"{i['coverage']:.0%} interval      : {i['low']:.4f} - {i['high']:.4f}")
+        lines.append("Band probabilities : " + ", ".join(f"{k} {v:.2f}"
+                                                          for k, v in answer["severity_probabilities"].items()))
+    if answer.get("in_distribution") is not None:
+        verdict = "yes" if answer["in_distribution"] else "NO: unlike the training images, do not rely on the score"
+        lines.append(f"In distribution    : {verdict} (score {answer['ood_score']:.2f}, "
+                     f"threshold {answer['ood_threshold']:.2f})")
+    for w in answer.get("quality_warnings") or []:
+        lines.append(f"Quality warning    : {w['modality']}: {w['warning']}")
+    return lines
+
+
 def result_block(answer: dict[str, Any]) -> str:
     """The design's result block."""
     return "\n".join([
         "========== RESULT ==========",
         f"Pigmentation Score  : {answer['score']:.4f}",
         f"Severity Level     : {answer['severity']}",
+        *trust_lines(answer),
         "============================",
     ])
 

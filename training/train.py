@@ -317,7 +317,7 @@ def calibrate_best(path: Path, loaders: Loaders, device: torch.device) -> None:
     loaded = model_from_checkpoint(checkpoint)
     loaded.model.to(device)
     started = time.time()
-    section, summary = fit_trust(loaded.model, loaded.data_cfg, loaders.train.dataset.lesions,
+    section, summary = fit_trust(loaded.model, loaded.data_cfg, loaded.severity, loaders.train.dataset.lesions,
                                  loaders.val.dataset.lesions, device=device)
     summary["method"] = "the run's own train/validation split"
     checkpoint["trust"] = section
