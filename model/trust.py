@@ -23,7 +23,8 @@ and probabilities never disagree about the spread; it assumes the error does not
 lesions' features of that modality by a Mahalanobis distance with a Ledoit-Wolf shrunk covariance, divided by
 ``sqrt(D)`` so that a typical training lesion is near 1 whatever the feature width. A request's ``ood_score`` is
 the largest distance over the modalities it sent; it is out of distribution above the threshold of its subset, the
-``OOD_QUANTILE`` quantile of the validation lesions' scores for that subset (pooled when the subset has too few).
+``OOD_QUANTILE`` quantile of the validation lesions' scores for that subset (when fewer than ``MIN_SUBSET_LESIONS``
+have the whole subset, every lesion counts with the subset's modalities it has: :func:`thresholds_from`).
 """
 
 from __future__ import annotations
@@ -226,13 +227,28 @@ def fit_distributions(train_features: Mapping[str, np.ndarray]) -> dict[str, Fea
     return {m: fit_feature_distribution(train_features[m]) for m in MODALITIES}
 
 
-def thresholds_from(distributions: dict[str, FeatureDistribution], val_scores: Mapping[str, Sequence[float]],
+def thresholds_from(distributions: dict[str, FeatureDistribution], distances: np.ndarray, available: np.ndarray,
                     quantile: float = OOD_QUANTILE, min_lesions: int = MIN_SUBSET_LESIONS) -> OODDetector:
-    """Per-subset thresholds (subsets with at least ``min_lesions`` scores) and the pooled one."""
-    pooled = np.concatenate([np.asarray(v, dtype=np.float64) for v in val_scores.values() if len(v)])
-    thresholds = {k: quantile_threshold(np.asarray(v, dtype=np.float64), quantile)
-                  for k, v in val_scores.items() if len(v) >= min_lesions}
-    return OODDetector(distributions, thresholds, quantile_threshold(pooled, quantile), quantile)
+    """Validation lesions' distances ``[N, M]`` and availability ``[N, M]`` bool -> per-subset thresholds.
+
+    A subset's threshold is the ``quantile`` of ``max over its modalities`` among the lesions that have all of
+    them. With fewer than ``min_lesions`` such lesions, every lesion counts with the subset's modalities it has
+    (clinical at least): the same statistic over fewer modalities, so a slightly lower (stricter) threshold.
+    ``pooled_threshold`` (for a subset never seen) is that fallback over all modalities.
+    """
+    distances, available = np.asarray(distances, dtype=np.float64), np.asarray(available, dtype=bool)
+
+    def fallback(cols: list[int]) -> float:
+        masked = np.where(available[:, cols], distances[:, cols], -np.inf)
+        return quantile_threshold(masked.max(axis=1), quantile)
+
+    thresholds = {}
+    for subset in all_subsets():
+        cols = [MODALITIES.index(m) for m in subset.split("+")]
+        rows = available[:, cols].all(axis=1)
+        thresholds[subset] = quantile_threshold(distances[rows][:, cols].max(axis=1), quantile) \
+            if rows.sum() >= min_lesions else fallback(cols)
+    return OODDetector(distributions, thresholds, fallback(list(range(len(MODALITIES)))), quantile)
 
 
 # ---------------------------------------------------------------------------------------------------- together

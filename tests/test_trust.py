@@ -76,8 +76,11 @@ def test_feature_distance_is_mahalanobis_over_root_dimension():
 def detector(seed: int = 4, dim: int = 8) -> OODDetector:
     rng = np.random.default_rng(seed)
     distributions = fit_distributions({m: rng.normal(size=(300, dim)) for m in MODALITIES})
-    return thresholds_from(distributions, {"clinical": [1.0] * 40, "clinical+dermoscopy": [1.5] * 40,
-                                           "clinical+multispectral": [2.0] * 3}, quantile=0.99)
+    # 100 validation lesions: all have clinical, 60 dermoscopy, 10 multispectral; distance = 1 + modality index
+    available = np.zeros((100, 3), dtype=bool)
+    available[:, 0], available[:60, 1], available[:10, 2] = True, True, True
+    distances = np.tile([1.0, 2.0, 3.0], (100, 1)) + np.arange(100)[:, None] / 1000
+    return thresholds_from(distributions, distances, available, quantile=0.99)
 
 
 def test_ood_score_is_the_largest_distance_over_present_modalities_and_thresholds_are_per_subset():
@@ -90,9 +93,13 @@ def test_ood_score_is_the_largest_distance_over_present_modalities_and_threshold
     distances = ood.distances(features)
     assert scores[0] == distances[0, :2].max() and scores[0] > 5
     assert scores[1] == distances[1, :2].max() and scores[1] < scores[0]
-    assert ood.threshold("clinical+dermoscopy") == 1.5
-    assert ood.threshold("clinical+multispectral") == ood.pooled_threshold  # 3 lesions: too few, pooled
-    assert quantile_threshold(np.arange(1.0, 101.0), 0.99) == 100.0  # ceil(101 * 0.99) = 100th smallest
+    # ceil(101 * 0.99) = 100th smallest of 100 values: the largest
+    assert ood.threshold("clinical") == pytest.approx(1.099)
+    assert ood.threshold("clinical+dermoscopy") == pytest.approx(2.059)  # 60 lesions have both: the 60th
+    # 10 lesions with multispectral (< 30): every lesion counts with what it has of {clinical, multispectral},
+    # so the largest such value is lesion 9's multispectral distance 3.009
+    assert ood.threshold("clinical+multispectral") == pytest.approx(3.009)
+    assert quantile_threshold(np.arange(1.0, 101.0), 0.99) == 100.0
 
 
 def calibration() -> Calibration:

@@ -87,17 +87,6 @@ def residuals_by_subset(scored: Scored) -> dict[str, np.ndarray]:
     return {k: (scored.true - v)[~np.isnan(v)] for k, v in scored.subsets.items()}
 
 
-def ood_scores_by_subset(distributions: dict[str, FeatureDistribution], scored: Scored) -> dict[str, np.ndarray]:
-    """Each lesion's OOD score (largest distance over the subset's modalities), per subset it has."""
-    probe = OODDetector(distributions, {}, 0.0)
-    distances = probe.distances(scored.features).numpy()  # [N, M]
-    out = {}
-    for name, scores in scored.subsets.items():
-        cols = [MODALITIES.index(m) for m in name.split("+")]
-        out[name] = distances[~np.isnan(scores)][:, cols].max(axis=1)
-    return out
-
-
 def training_features(scored: Scored) -> dict[str, np.ndarray]:
     """``{modality: [N_m, D]}``: the features of the lesions that have each modality."""
     return {m: scored.features[scored.present[:, i], i].numpy() for i, m in enumerate(MODALITIES)}
@@ -121,7 +110,8 @@ def fit_trust(model: torch.nn.Module, data_cfg, severity, fit_lesions: list[Lesi
     scored = score_lesions(model, calibration_lesions, data_cfg, batch_size, device)
     residuals = residuals_by_subset(scored)
     calibration = fit_calibration(residuals, coverage)
-    ood = thresholds_from(distributions, ood_scores_by_subset(distributions, scored), OOD_QUANTILE)
+    distances = OODDetector(distributions, {}, 0.0).distances(scored.features).numpy()  # [N, M]
+    ood = thresholds_from(distributions, distances, scored.present.numpy(), OOD_QUANTILE)
     counts = {k: len(v) for k, v in residuals.items()}
     provenance = {
         "coverage": coverage,
@@ -133,6 +123,8 @@ def fit_trust(model: torch.nn.Module, data_cfg, severity, fit_lesions: list[Lesi
         "half_widths": {k: calibration.half_width(k) for k in counts},
         "ood_quantile": OOD_QUANTILE,
         "ood_thresholds": dict(ood.thresholds),
+        "ood_lesions_per_subset": {k: int(scored.present[:, [MODALITIES.index(m) for m in k.split("+")]].all(1).sum())
+                                   for k in ood.thresholds},
         "ood_pooled_threshold": ood.pooled_threshold,
     }
     for name in provenance["pooled_fallback"]:
