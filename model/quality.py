@@ -6,7 +6,8 @@ size the segmentation uses), so it costs a few milliseconds whatever the upload 
 
 * ``blurred``: the no-reference blur measure of Crete-Roffet et al. (2007): re-blur the grey image with a 9-tap
   box filter along each axis and measure how much of its neighbour-difference energy survives. A sharp image loses
-  much of it (measure near 0), an already blurred one little (near 1). Above ``BLUR_LIMIT`` -> warning.
+  much of it (measure near 0), an already blurred one little (near 1). Above ``BLUR_LIMIT[modality]`` -> warning
+  (a clinical photo of smooth skin has less fine detail than a dermoscopy view even when sharp).
 * ``underexposed``: more than ``CLIPPED_SHARE`` of the pixels at or below ``DARK_LEVEL`` of luma, or a median luma
   below ``UNDER_MEDIAN``; ``overexposed``: the same at or above ``BRIGHT_LEVEL``, or a median above ``OVER_MEDIAN``.
 * ``lesion_not_found`` (``model.colorimetry`` finds no lesion: empty mask, the whole image, or too little
@@ -29,7 +30,8 @@ from model import colorimetry
 
 WARNINGS: tuple[str, ...] = ("blurred", "underexposed", "overexposed", "lesion_not_found", "lesion_touches_border",
                              "lesion_too_small")
-BLUR_LIMIT = 0.5
+BLUR_LIMIT: dict[str, float] = {"clinical": 0.30, "dermoscopy": 0.38, "multispectral": 0.38}
+"""Just above the 99th percentile of the sharp synthetic views of each modality (docs/trust.md)."""
 BLUR_TAPS = 9
 DARK_LEVEL = 10 / 255
 BRIGHT_LEVEL = 245 / 255
@@ -63,7 +65,7 @@ def check(image: Image.Image, modality: str) -> QualityReport:
     dark, bright = float((grey <= DARK_LEVEL).mean()), float((grey >= BRIGHT_LEVEL).mean())
     area, touches = _lesion(rgb)
     found = {
-        "blurred": blur > BLUR_LIMIT,
+        "blurred": blur > BLUR_LIMIT.get(modality, max(BLUR_LIMIT.values())),
         "underexposed": dark > CLIPPED_SHARE or median < UNDER_MEDIAN,
         "overexposed": bright > CLIPPED_SHARE or median > OVER_MEDIAN,
         "lesion_not_found": area is None,

@@ -38,7 +38,7 @@ def test_an_explanation_has_the_score_and_one_map_per_sent_modality_and_is_deter
     request = request_for(SUBSETS[-1], seed=7)
     first, second = predictor.explain([request]), predictor.explain([request])
     (answer,) = first
-    assert "heatmaps" in answer
+    assert set(answer) == set(predictor.predict([request])[0]) | {"heatmaps"}
     assert list(answer["heatmaps"]) == answer["modalities"] == list(SUBSETS[-1])
     for entry in answer["heatmaps"].values():
         assert 0.0 <= entry["peak"] <= 1.0

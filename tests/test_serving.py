@@ -285,3 +285,46 @@ def test_the_client_script_prints_the_answer(server, tmp_path, offline):
             capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
         assert_same_answer(json.loads(result.stdout), offline.predict([request])[0])
+
+
+def lesion_request(data: Path, lesion_id: str) -> dict[str, bytes]:
+    """A synthetic lesion's clinical and dermoscopy files (images like the calibration data's)."""
+    return {"clinical_image": (data / "clinical" / "images" / f"{lesion_id}.jpg").read_bytes(),
+            "dermoscopy_image": (data / "dermoscopy" / "images" / f"{lesion_id}.png").read_bytes()}
+
+
+def lesions_with_dermoscopy(data: Path, n: int) -> list[str]:
+    return sorted(p.stem for p in (data / "dermoscopy" / "images").glob("*.png"))[:n]
+
+
+def test_served_answers_carry_the_trust_fields_of_offline_inference_in_a_mixed_batch(server, offline, trust_data):
+    lesions = [lesion_request(trust_data, i) for i in lesions_with_dermoscopy(trust_data, 3)]
+    noise = [request_for(SUBSETS[i], seed=400 + i) for i in (0, 3)]
+    bad = {"dermoscopy_image": image_bytes(9)}
+    batch = [lesions[0], noise[0], bad, lesions[1], noise[1], lesions[2]]
+    responses = post_together(server, batch)
+    assert responses[2].status_code == 400 and responses[2].json()["field"] == "clinical_image"
+    served = {i: r.json() for i, r in enumerate(responses) if i != 2}
+    assert all(responses[i].status_code == 200 for i in served)
+    for i, answer in served.items():
+        assert answer["interval"] is not None and answer["severity_probabilities"] is not None
+        assert_same_answer(answer, offline.predict([batch[i]])[0])
+    assert not served[1]["in_distribution"] and not served[4]["in_distribution"]
+    assert any(served[i]["in_distribution"] for i in (0, 3, 5))
+
+
+def test_reject_out_of_distribution_serves_a_422_naming_the_field_and_answers_the_rest(tiny_checkpoint, trust_data,
+                                                                                       tmp_path):
+    offline = Predictor(tiny_checkpoint)
+    good = next(r for r in (lesion_request(trust_data, i) for i in lesions_with_dermoscopy(trust_data, 20))
+                if offline.predict([r])[0]["in_distribution"])
+    odd = dict(good, dermoscopy_image=image_bytes(11))
+    with served_checkpoint(tiny_checkpoint, tmp_path, batchSize=SERVED_BATCH_SIZE,
+                           maxBatchDelay=SERVED_BATCH_DELAY_MS, minWorkers=1,
+                           handler=shipped_handler_options(backend="eager_fp32",
+                                                           reject_out_of_distribution=True)) as rejecting:
+        responses = post_together(rejecting, [good, odd, good])
+    assert responses[1].status_code == 422, responses[1].text
+    assert responses[1].json()["field"] == "dermoscopy_image"
+    assert [r.status_code for r in (responses[0], responses[2])] == [200, 200]
+    assert_same_answer(responses[0].json(), offline.predict([good])[0])

@@ -104,3 +104,23 @@ def test_help_runs(capsys):
     with pytest.raises(SystemExit) as info:
         train.main(["--help"])
     assert info.value.code == 0 and "--resume" in capsys.readouterr().out
+
+
+def test_training_ends_by_calibrating_the_best_checkpoint_on_its_own_held_out_lesions(trained):
+    out, _ = trained
+    checkpoint = torch.load(out / "best_model.pth", weights_only=True)
+    summary = checkpoint["provenance"]["calibration"]
+    assert summary["method"] == "the run's validation split"
+    assert summary["calibration_lesions"] == len(checkpoint["provenance"]["split"]["val"])
+    assert load_for_inference(out / "best_model.pth").trust.calibration is not None
+
+
+def test_a_calibration_split_is_kept_out_of_training_and_validation(synth_data, tmp_path):
+    run(synth_data, tmp_path, "training.epochs=1", "data.calibration_fraction=0.25")
+    checkpoint = torch.load(tmp_path / "best_model.pth", weights_only=True)
+    split = checkpoint["provenance"]["split"]
+    calibration = set(split["calibration"])
+    assert calibration and not calibration & set(split["train"]) and not calibration & set(split["val"])
+    assert len(calibration) + len(split["train"]) + len(split["val"]) == 32
+    summary = checkpoint["provenance"]["calibration"]
+    assert summary["method"] == "the run's calibration split" and summary["calibration_lesions"] == len(calibration)

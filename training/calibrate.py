@@ -6,7 +6,9 @@
 feature distribution of each encoder, the validation lesions the conformal residuals per modality subset and the
 out-of-distribution thresholds. This command does the same without training:
 
-* DIR is the checkpoint's training data (same data hash, split recorded): exactly what training would have done;
+* DIR is the checkpoint's training data (same data hash, split recorded): exactly what training would have done
+  (its calibration split when ``data.calibration_fraction`` made one, else its validation split, which also chose
+  the checkpoint: such intervals can under-cover, docs/trust.md);
 * other labelled data: every lesion of DIR calibrates the interval and the thresholds; the feature distributions
   stay the checkpoint's, or, for a checkpoint that has none, are fitted on half of DIR's patients (seeded split)
   and the thresholds are set on the other half.
@@ -154,8 +156,9 @@ def calibrate_checkpoint(checkpoint: dict[str, Any], data: Path, coverage: float
     split = provenance.get("split") or {}
     distributions = None
     if provenance.get("data_hash") == index.data_hash and split.get("train") and split.get("val"):
+        held_out = "calibration" if split.get("calibration") else "val"
         fit, calib, how = select(index.lesions, split["train"], str(data)), \
-            select(index.lesions, split["val"], str(data)), "the checkpoint's own train/validation split"
+            select(index.lesions, split[held_out], str(data)), f"the checkpoint's own train/{held_out} split"
     elif checkpoint.get("trust", {}).get("ood"):
         distributions = OODDetector.from_dict(checkpoint["trust"]["ood"]).distributions
         fit, calib, how = None, index.lesions, "every lesion (feature distributions kept from the checkpoint)"

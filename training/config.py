@@ -29,12 +29,18 @@ class DataOptions:
 
     val_fraction: float = 0.2  # share of lesions in validation; the split is by patient
     split_seed: int = 0  # the patient split depends only on this and the data, not on training.seed
+    calibration_fraction: float = 0.0  # share of lesions (by patient, taken from training) kept for the interval
+    # and OOD thresholds only; 0: calibrate on the validation lesions, which also chose the checkpoint, so the
+    # interval can under-cover (docs/trust.md)
     skip_bad_images: bool = False  # true: skip (warn, count) lesions with unreadable images instead of failing
     cache_images: bool = False  # true: decode each lesion once and keep its tensors in memory (fast epochs)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if not 0.0 <= self.calibration_fraction < 1.0 - self.val_fraction:
+            raise ValueError(f"data.calibration_fraction must be in [0, 1 - val_fraction), got "
+                             f"{self.calibration_fraction}")
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from training.config import RunConfig, TrainConfig, load_config, save_config
 from training.data import (
     Augmentation,
     DatasetIndex,
+    Lesion,
     LesionDataset,
     index_dataset,
     split_by_patient,
@@ -65,8 +66,9 @@ class Loaders:
     train: DataLoader
     val: DataLoader
     index: DatasetIndex
-    split: dict[str, list[str]]  # {"train": lesion ids, "val": lesion ids[, "test": a manifest's test ids]}
+    split: dict[str, list[str]]  # {"train", "val"[, "test": a manifest's][, "calibration"]}: lesion ids
     train_label_mean: float
+    calibration: list[Lesion] | None = None  # kept out of training and selection (data.calibration_fraction)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -152,6 +154,10 @@ def build_loaders(data: Path, cfg: RunConfig, env: Dist = Dist()) -> Loaders:
     else:
         train_lesions, val_lesions = fixed["train"], fixed["val"]
         how = f"the manifest's split; {len(fixed['test'])} test lesions held out"
+    calibration = None
+    if opts.calibration_fraction > 0:
+        train_lesions, calibration = split_by_patient(
+            train_lesions, opts.calibration_fraction / (1.0 - opts.val_fraction), opts.split_seed + 1)
     train_ds = LesionDataset(train_lesions, cfg.data, train=True, augment=augmentation(tcfg),
                              modality_dropout=tcfg.modality_dropout, cache=opts.cache_images)
     val_ds = LesionDataset(val_lesions, cfg.data, train=False, cache=opts.cache_images)
@@ -160,8 +166,8 @@ def build_loaders(data: Path, cfg: RunConfig, env: Dist = Dist()) -> Loaders:
         for ds in (train_ds, val_ds):
             index.skipped["bad_image"] += ds.preload(opts.skip_bad_images)
         log.info("decoded %d lesions in %.1f s", len(train_ds) + len(val_ds), time.time() - started)
-    log.info("%s: %d lesions for training, %d for validation (%s); skipped %s",
-             data, len(train_ds), len(val_ds), how, index.skip_counts())
+    log.info("%s: %d lesions for training, %d for validation, %d for calibration (%s); skipped %s",
+             data, len(train_ds), len(val_ds), len(calibration or []), how, index.skip_counts())
     generator = torch.Generator().manual_seed(tcfg.seed)
     common = dict(num_workers=tcfg.num_workers, persistent_workers=tcfg.num_workers > 0,
                   pin_memory=torch.cuda.is_available())
@@ -178,12 +184,15 @@ def build_loaders(data: Path, cfg: RunConfig, env: Dist = Dist()) -> Loaders:
     split = {"train": [x.lesion_id for x in train_ds.lesions], "val": [x.lesion_id for x in val_ds.lesions]}
     if fixed is not None:
         split["test"] = [x.lesion_id for x in fixed["test"]]
+    if calibration:
+        split["calibration"] = [x.lesion_id for x in calibration]
     return Loaders(
         train=train,
         val=val,
         index=index,
         split=split,
         train_label_mean=sum(x.score for x in train_ds.lesions) / len(train_ds.lesions),
+        calibration=calibration,
     )
 
 
@@ -312,14 +321,19 @@ def save_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
 
 
 def calibrate_best(path: Path, loaders: Loaders, device: torch.device) -> None:
-    """Add the ``trust`` section to the best checkpoint: its weights, the run's own train/validation lesions."""
+    """Add the ``trust`` section to the best checkpoint: features of the run's training lesions, residuals and
+    thresholds of its calibration lesions (``data.calibration_fraction``), else of its validation lesions."""
     checkpoint = load_checkpoint(path)
     loaded = model_from_checkpoint(checkpoint)
     loaded.model.to(device)
     started = time.time()
+    held_out = loaders.calibration or loaders.val.dataset.lesions
+    if not loaders.calibration:
+        log.warning("calibrating on the validation lesions, which also chose the checkpoint: the interval may "
+                    "under-cover; set data.calibration_fraction or run training.calibrate on other labelled data")
     section, summary = fit_trust(loaded.model, loaded.data_cfg, loaded.severity, loaders.train.dataset.lesions,
-                                 loaders.val.dataset.lesions, device=device)
-    summary["method"] = "the run's own train/validation split"
+                                 held_out, device=device)
+    summary["method"] = "the run's calibration split" if loaders.calibration else "the run's validation split"
     checkpoint["trust"] = section
     checkpoint["provenance"] = {**checkpoint["provenance"], "calibration": summary}
     save_checkpoint(checkpoint, path)
