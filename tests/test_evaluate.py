@@ -23,7 +23,7 @@ METRIC_KEYS = {"n", "mse", "mae", "rmse", "spearman", "severity_accuracy", "quad
 SUMMARY_KEYS = {"checkpoint", "model_version", "data", "data_hash", "split", "n_lesions", "skipped",
                 "severity_thresholds", "simulate_multispectral", "overall", "baseline_mean", "train_label_mean",
                 "baseline_source", "mae_ratio_to_baseline", "subsets", "severity_counts", "by_skin_tone",
-                "skin_tone_source", "bootstrap"}
+                "skin_tone_source", "bootstrap", "trust"}
 DATA_CFG = DataConfig(image_size=64)
 
 

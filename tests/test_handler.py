@@ -14,6 +14,7 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from handler.pigment_handler import PigmentHandler
 from handler.predictor import Predictor, PredictorOptions
 from model.config import from_dict
+from tests.answers import assert_close_answer
 from tests.images import image_bytes, request_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,10 @@ def test_every_request_of_a_batch_gets_one_answer_and_bad_ones_their_own_status(
     assert [a.get("field") for a in answers] == [None, "clinical_image", "clinical_image", "photo", None]
     assert all(context.get_response_content_type(i) == "application/json" for i in range(len(batch)))
     expected = Predictor(tiny_checkpoint).predict([batch[0], batch[4]])
-    assert [answers[0], answers[4]] == expected
+    for answer, offline in zip([answers[0], answers[4]], expected, strict=True):
+        # The handler serves the shipped accelerated backend: its features move the OOD score by ~0.2 %.
+        assert answer.pop("ood_score") == pytest.approx(offline.pop("ood_score"), rel=0.01)
+        assert_close_answer(answer, offline)
 
 
 def test_custom_metrics_are_emitted_with_the_dimensions_metrics_yaml_declares(handler, tiny_checkpoint, caplog):
