@@ -14,9 +14,21 @@ from sklearn.covariance import LedoitWolf
 from model.checkpoint import build_checkpoint, load_checkpoint, load_for_inference, save_checkpoint
 from model.config import MODALITIES, SeverityConfig
 from model.severity import LABELS, severity_label
-from model.trust import (NULL_FIELDS, POOLED, Calibration, OODDetector, Trust, band_probabilities,
-                         conformal_quantile, fit_calibration, fit_distributions, ledoit_wolf, quantile_threshold,
-                         subset_name, thresholds_from)
+from model.trust import (
+    NULL_FIELDS,
+    POOLED,
+    Calibration,
+    OODDetector,
+    Trust,
+    band_probabilities,
+    conformal_quantile,
+    fit_calibration,
+    fit_distributions,
+    ledoit_wolf,
+    quantile_threshold,
+    subset_name,
+    thresholds_from,
+)
 
 SEVERITY = SeverityConfig()
 

@@ -33,9 +33,19 @@ import torch
 from model import scoring
 from model.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.config import AUX_MODALITIES, MODALITIES
-from model.trust import (DEFAULT_COVERAGE, MIN_SUBSET_LESIONS, OOD_QUANTILE, TRUST_FORMAT, FeatureDistribution,
-                         OODDetector, fit_calibration, fit_distributions, subset_name, thresholds_from)
 from model.severity import LABELS, severity_label
+from model.trust import (
+    DEFAULT_COVERAGE,
+    MIN_SUBSET_LESIONS,
+    OOD_QUANTILE,
+    TRUST_FORMAT,
+    FeatureDistribution,
+    OODDetector,
+    fit_calibration,
+    fit_distributions,
+    subset_name,
+    thresholds_from,
+)
 from training.data import Lesion, index_dataset, lesion_sample, select, split_by_patient
 
 log = logging.getLogger("training.calibrate")
