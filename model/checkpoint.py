@@ -4,7 +4,8 @@ A checkpoint is a plain dict that ``torch.load(..., weights_only=True)`` reads: 
 data (preprocessing) and severity configs, the state_dict, provenance (data hash, git commit, metrics,
 validation split) and, when training or ``training.calibrate`` fitted it, ``trust`` (``model.trust``: conformal
 residuals and the encoders' feature distributions, as lists and tensors). A checkpoint without ``trust`` still
-loads; its answers carry the trust fields as null. Serving rebuilds everything from this one file and never needs a model hub.
+loads; its answers carry the trust fields as null. Serving rebuilds everything from this one file and never needs a
+model hub.
 """
 
 from __future__ import annotations

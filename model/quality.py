@@ -99,12 +99,18 @@ def blur_measure(grey: np.ndarray) -> float:
 
 def working_copy(image: Image.Image) -> np.ndarray:
     """RGB float32 ``[H, W, 3]`` in [0, 1], longest side at most ``colorimetry.WORK_SIDE`` (area-averaged)."""
+    return np.asarray(reduced(image), dtype=np.float32) / 255.0
+
+
+def reduced(image: Image.Image) -> Image.Image:
+    """The RGB image the checks look at: longest side at most ``colorimetry.WORK_SIDE`` (area-averaged). Checking a
+    reduced image gives the same warnings as checking the original, so callers may keep only this small copy."""
     image = image.convert("RGB")
     factor = colorimetry.WORK_SIDE / max(image.size)
     if factor < 1.0:
         image = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))),
                              Image.Resampling.BOX)
-    return np.asarray(image, dtype=np.float32) / 255.0
+    return image
 
 
 def _lesion(rgb: np.ndarray) -> tuple[float | None, bool]:

@@ -51,7 +51,8 @@ class Sample:
     sources: dict[str, bytes] = field(default_factory=dict, repr=False)
     """Modality -> the encoded bytes its view came from (a simulated view: its source photo), for overlays."""
     decoded: dict[str, Image.Image] = field(default_factory=dict, repr=False)
-    """Modality -> the decoded photo its view came from (decode policy applied), for image-quality checks."""
+    """Modality -> a small copy of the decoded photo its view came from (``model.quality.reduced``), for the
+    image-quality checks."""
 
     @property
     def modalities(self) -> list[str]:
@@ -79,13 +80,22 @@ def prepare(sources: Mapping[str, bytes], cfg: DataConfig, limits: ImageLimits =
     if "clinical" not in sources:
         raise InputError(names.get("clinical", "clinical"),
                          "is required (the clinical photo); dermoscopy and multispectral are optional")
-    decoded = {m: decode_for_model(data, names.get(m, m), cfg, limits) for m, data in sources.items()}
-    images = {m: image_to_tensor(img, m, cfg) for m, img in decoded.items()}
+    simulate = simulate_multispectral and "multispectral" not in sources
+    origin = simulation_source(sources) if simulate else None
+    images: dict[str, Tensor] = {}
+    decoded: dict[str, Image.Image] = {}
+    # One image at a time: its full-size pixels are dropped before the next is decoded, so a request costs one
+    # decoded photo of memory at a time, not three (only the quality checks' small copy is kept).
+    for m in [m for m in MODALITIES if m in sources]:
+        img = decode_for_model(sources[m], names.get(m, m), cfg, limits)
+        images[m] = image_to_tensor(img, m, cfg)
+        if m == origin:
+            images["multispectral"] = image_to_tensor(img, "multispectral", cfg)
+        decoded[m] = quality.reduced(img)
+        del img
     sources = dict(sources)
     simulated: tuple[str, ...] = ()
-    if simulate_multispectral and "multispectral" not in images:
-        origin = simulation_source(decoded)
-        images["multispectral"] = image_to_tensor(decoded[origin], "multispectral", cfg)
+    if origin is not None:
         sources["multispectral"] = sources[origin]
         decoded["multispectral"] = decoded[origin]
         simulated = ("multispectral",)

@@ -88,3 +88,16 @@ def test_a_missing_file_is_an_input_error_naming_it(tiny_checkpoint, tmp_path, l
         scoring.prepare_files({"clinical": lesion_files["clinical"], "dermoscopy": missing}, loaded.data_cfg)
     with pytest.raises(InputError, match="clinical.*required"):
         scoring.prepare_files({"dermoscopy": lesion_files["dermoscopy"]}, loaded.data_cfg)
+
+
+def test_a_prepared_lesion_keeps_no_full_size_photo_and_warns_as_on_the_full_photo(tiny_checkpoint, tmp_path):
+    from model import quality
+    from model.preprocessing import load_image
+
+    loaded = load_for_inference(tiny_checkpoint)
+    big = {"clinical": write_image(tmp_path / "c.png", 4, (1600, 1200)),
+           "dermoscopy": write_image(tmp_path / "d.png", 5, (1200, 1200))}
+    sample = scoring.prepare_files(big, loaded.data_cfg, simulate_multispectral=True)
+    assert all(max(img.size) <= 256 for img in sample.decoded.values())
+    full = {m: load_image(p) for m, p in big.items()}
+    assert scoring.quality_warnings(sample) == quality.warnings_for(full)
