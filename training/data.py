@@ -164,7 +164,7 @@ def find_images(folder: Path) -> dict[str, Path]:
 
 def read_labels(path: Path) -> dict[str, tuple[float | None, str]]:
     """``{lesion_id: (score or None if the cell is empty, patient_id)}`` from a labels CSV."""
-    rows = _read_csv(path, required=("lesion_id", "score"))
+    rows = read_csv_rows(path, required=("lesion_id", "score"))
     labels: dict[str, tuple[float | None, str]] = {}
     for line, row in rows:
         lesion_id = _lesion_id(row, path, line)
@@ -175,7 +175,7 @@ def read_labels(path: Path) -> dict[str, tuple[float | None, str]]:
 
 
 def _index_manifest(path: Path) -> DatasetIndex:
-    rows = _read_csv(path, required=("lesion_id", "clinical", "score"))
+    rows = read_csv_rows(path, required=("lesion_id", "clinical", "score"))
     index = DatasetIndex(path, [])
     seen: set[str] = set()
     for line, row in rows:
@@ -225,8 +225,13 @@ def _manifest_path(row: dict[str, str], modality: str, manifest: Path, line: int
     return path
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    """Rows of a CSV as ``(line number, {column: cell})``; headers are stripped, a UTF-8 BOM is tolerated."""
+def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a CSV as ``(line number, {column: cell})``: headers stripped, a UTF-8 BOM tolerated, blank rows
+    skipped, a missing cell read as ``""`` and cells beyond the header dropped.
+
+    Raises:
+        ValueError: a required column is missing (naming the file, what it has and what it needs).
+    """
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in reader.fieldnames or []]
@@ -234,7 +239,8 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; found {header}, need at least {list(required)}")
         reader.fieldnames = header
-        return [(reader.line_num, row) for row in reader if any((v or "").strip() for v in row.values() if v)]
+        return [(reader.line_num, {k: v or "" for k, v in row.items() if k is not None})
+                for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
 
 
 def _lesion_id(row: dict[str, str], path: Path, line: int) -> str:
@@ -285,7 +291,7 @@ def index_for_scoring(source: str | Path) -> list[ScoringItem]:
     """
     source = Path(source)
     if source.is_file() and source.suffix.lower() == ".csv":
-        rows = _read_csv(source, required=("lesion_id", "clinical"))
+        rows = read_csv_rows(source, required=("lesion_id", "clinical"))
         cells = [(_lesion_id(row, source, line), {m: (row.get(m) or "").strip() for m in MODALITIES}, line)
                  for line, row in rows]
         items = [_manifest_item(lesion_id, files, source, line) for lesion_id, files, line in cells]

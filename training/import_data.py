@@ -45,7 +45,7 @@ import numpy as np
 
 from model.colorimetry import SegmentationError, measure
 from model.preprocessing import InputError, load_image
-from training.data import IMAGE_EXTENSIONS
+from training.data import IMAGE_EXTENSIONS, read_csv_rows
 from training.evaluate import UNMEASURED
 from training.weak_labels import LABEL_SOURCE as WEAK_LABEL_SOURCE
 from training.weak_labels import SOURCES as WEAK_SOURCES
@@ -461,16 +461,11 @@ def list_unlabelled(result: ImportResult) -> None:
 
 
 def read_table(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    """``(line, row)`` of a CSV with stripped headers (UTF-8, BOM tolerated); blank rows skipped."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise ImportFailure(f"{path}: missing column(s) {missing}; found {header}")
-        reader.fieldnames = header
-        return [(reader.line_num, {k: v or "" for k, v in row.items() if k is not None})
-                for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
+    """``(line, row)`` of a CSV (``training.data.read_csv_rows``); a missing column is an :class:`ImportFailure`."""
+    try:
+        return read_csv_rows(path, required)
+    except ValueError as exc:
+        raise ImportFailure(str(exc)) from None
 
 
 def _check_unique(records: list[Record], source: Path) -> None:
