@@ -22,7 +22,7 @@ MIN_SPEARMAN = 0.6
 LEARNING_RUN = [
     f"model.backbone_kwargs={TINY_BACKBONE!r}".replace("(", "[").replace(")", "]"),
     "model.head_hidden=[32, 16]", "model.dropout=0.0", "data.image_size=64",
-    "training.batch_size=16", "training.epochs=16", "training.learning_rate=2e-3", "training.warmup_epochs=1",
+    "training.batch_size=16", "training.epochs=40", "training.learning_rate=2e-3", "training.warmup_epochs=1",
     "training.early_stopping_patience=0", "training.modality_dropout=0.0", "training.color_jitter={}",
     "device.use_gpu=false",
 ]
@@ -46,7 +46,7 @@ def learned(pred: np.ndarray, true: np.ndarray, train_mean: float) -> tuple[bool
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     # Every lesion with a dermoscopy view: the view that shows all three factors of the score, so a minute suffices.
-    data = synth.generate(tmp_path_factory.mktemp("learn") / "data", n=200, seed=21, clinical_size=(128, 96),
+    data = synth.generate(tmp_path_factory.mktemp("learn") / "data", n=300, seed=21, clinical_size=(128, 96),
                           dermoscopy_size=64, dermoscopy_fraction=1.0)
     out = tmp_path_factory.mktemp("learn_run")
     argv = ["--config", str(train.Path(train.__file__).parent / "configs" / "demo.yaml"), "--data", str(data),

@@ -79,10 +79,11 @@ def test_unscorable_lesions_are_error_rows_and_the_rest_are_scored(archive, tiny
     assert rows["no_clinical"]["error_field"] == "clinical_image" and not rows["no_clinical"]["score"]
 
 
-def test_new_answer_fields_become_columns_even_when_resuming_an_older_file(archive, tiny_checkpoint, tmp_path,
-                                                                           monkeypatch):
+def test_new_answer_fields_become_columns_even_when_resuming_an_older_file(archive, uncalibrated_checkpoint,
+                                                                           tmp_path, monkeypatch):
+    # A checkpoint from before calibration: its answers carry no interval, so the first run writes no interval_low.
     out = tmp_path / "p.csv"
-    argv = ["--checkpoint", str(tiny_checkpoint), "--data", str(archive), "--out", str(out), "--quiet"]
+    argv = ["--checkpoint", str(uncalibrated_checkpoint), "--data", str(archive), "--out", str(out), "--quiet"]
     real = scoring.score
     calls = []
 
