@@ -271,9 +271,9 @@ class Trust:
         calibration = section.get("calibration")
         ood = section.get("ood")
         if calibration is None or ood is None:
-            log.warning("the checkpoint has no %s (trained before calibration existed): answers carry interval, "
-                        "severity_probabilities, in_distribution and ood_score as null; add them with `python -m "
-                        "training.calibrate --checkpoint CKPT --data DIR --out CKPT2`",
+            log.warning("the checkpoint has no %s (not calibrated, or written before calibration existed): "
+                        "answers carry interval, severity_probabilities, in_distribution and ood_score as null; add "
+                        "them with `python -m training.calibrate --checkpoint CKPT --data DIR --out CKPT2`",
                         " and ".join(n for n, v in (("calibration", calibration), ("ood detector", ood)) if v is None))
         frequencies = section.get("train_band_frequencies")
         return cls(Calibration.from_dict(calibration) if calibration else None,
