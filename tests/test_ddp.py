@@ -214,3 +214,58 @@ def join_or_kill(ranks: mp.ProcessContext, seconds: float) -> None:
 def key_tree(value):
     """The nested key structure of a JSON value (the values themselves may differ, or be null)."""
     return {k: key_tree(v) for k, v in value.items()} if isinstance(value, dict) else None
+
+
+def launch_train(config: Path, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "training.train", "--config", str(config), "--data", str(data), "--out", str(out),
+               "--quiet", *extra]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S)
+
+
+def test_processes_2_trains_exactly_as_torchrun_does(ddp_run, data, config, tmp_path):
+    """``--processes 2`` starts the workers itself; torchrun's run of the same command is the reference."""
+    done = launch_train(config, data, tmp_path / "run", "--processes", "2")
+    assert done.returncode == 0, done.stderr[-4000:]
+    ours, reference = read_history(tmp_path / "run" / "history.csv"), read_history(ddp_run[0] / "history.csv")
+    assert len(ours) == len(reference) == 2
+    for mine, theirs in zip(ours, reference):
+        for key in ("train_loss", "val_loss", "val_mae"):
+            assert float(mine[key]) == pytest.approx(float(theirs[key]), rel=1e-6, abs=1e-7), key
+    assert {p.name for p in (tmp_path / "run").iterdir()} == RUN_FILES
+    assert done.stderr.count("epoch 2/2:") == 1
+
+
+def test_processes_user_errors_are_one_line_before_any_worker_starts(data, config, tmp_path):
+    bad_value = launch_train(config, data, tmp_path / "a", "--processes", "2", "--set", "training.epochs=abc")
+    no_data = launch_train(config, tmp_path / "missing", tmp_path / "b", "--processes", "2")
+    for done, named in ((bad_value, "training.epochs"), (no_data, "missing")):
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and named in lines[0] and "Traceback" not in done.stderr, done.stderr
+    bad_count = launch_train(config, data, tmp_path / "c", "--processes", "two")
+    assert bad_count.returncode == 2 and "--processes" in bad_count.stderr and "Traceback" not in bad_count.stderr
+
+
+def test_a_failing_worker_stops_the_others_and_its_status_is_returned(tmp_path, monkeypatch):
+    from training import distributed
+
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    script = tmp_path / "worker.py"
+    script.write_text("import os, sys, time\n"
+                      "if os.environ['RANK'] == '1':\n    sys.exit(3)\n"
+                      "time.sleep(60)\n")
+    started = time.monotonic()
+    status = distributed.launch_local("worker", [], 2)
+    assert status == 3 and time.monotonic() - started < 30  # rank 0 was stopped, not waited for
+
+
+def test_processes_auto_is_one_per_core_at_most_two_on_a_cpu(monkeypatch):
+    from training import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for cores, expected in ((1, 1), (2, 2), (16, 2)):
+        monkeypatch.setattr(distributed, "available_cores", lambda cores=cores: cores)
+        args = train.parse_args(["--config", "c.yaml", "--data", "d", "--out", "o", "--processes", "auto"])
+        assert train.local_processes(args, load_config(None, [])) == expected
+    assert train.worker_argv(["--data", "d", "--processes", "2", "--out", "o", "--processes=auto"]) == \
+        ["--data", "d", "--out", "o"]

@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from model.cpu import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +106,53 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return ((seed * 1_000_003 + epoch) * 65_537 + rank) % 2**63
 
 
+def local_processes(use_gpu: bool, max_cpu_processes: int = 0) -> int:
+    """How many training processes to start on this node: one per GPU; on a CPU, one per available core (each then
+    runs one torch thread, ``model.cpu.threads_per_worker``), at most ``max_cpu_processes`` when > 0.
+
+    On a CPU, data parallelism across processes is what uses the cores for a small model: its matrices are too small
+    for a second intra-op thread to pay (docs/training.md measures both)."""
+    if use_gpu and torch.cuda.is_available():
+        return torch.cuda.device_count()
+    cores = available_cores()
+    return min(cores, max_cpu_processes) if max_cpu_processes > 0 else cores
+
+
+def launch_local(module: str, argv: Sequence[str], processes: int) -> int:
+    """Run ``python -m MODULE ARGV`` in ``processes`` processes on this machine, with the environment torchrun gives
+    its workers (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, a loopback ``MASTER_ADDR`` and a free
+    ``MASTER_PORT``), so :func:`setup` joins them into one gloo/NCCL group. Returns 0, or the exit status of the
+    first process that failed, after stopping the others.
+
+    Unlike torchrun's elastic agent this adds nothing to a worker's output: a user's mistake stays the one line the
+    worker prints. It starts one node only; several machines need torchrun (docs/training.md)."""
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_loopback_port()),
+            "WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes)}
+    workers = [subprocess.Popen([sys.executable, "-m", module, *argv],
+                                env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(processes)]
+    try:
+        while True:
+            codes = [w.poll() for w in workers]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed or all(c == 0 for c in codes):
+                break
+            time.sleep(0.2)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
+        for w in workers:
+            w.wait()
+    return failed[0] if failed else 0
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch_rank() -> int:
     """The global rank torchrun gave this process (0 without torchrun), readable before :func:`setup`."""
     return int(os.environ.get("RANK", "0"))
+

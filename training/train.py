@@ -27,6 +27,7 @@ import hashlib
 import logging
 import math
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,16 +83,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override a config value, e.g. --set training.epochs=3 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pth")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--processes", default="1", metavar="N|auto",
+                   help="data-parallel processes on this machine (default 1); auto: one per GPU, else one per CPU "
+                        "core, at most 2 (a small model trains faster in 2 one-thread processes than in one)")
     args = p.parse_args(argv)
+    if args.processes != "auto" and not (args.processes.isdigit() and int(args.processes) >= 1):
+        p.error(f"--processes must be a positive integer or auto, got {args.processes!r}")
     if args.config is None and not args.resume:
         p.error("--config is required (e.g. --config training/configs/demo.yaml)")
     return args
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> Path | int:
     args = parse_args(argv)
     configure_logging(distributed.launch_rank())
     cfg = resolve_config(args)
+    processes = local_processes(args, cfg)
+    if processes > 1:
+        if not args.data.exists():  # said once here rather than once by every worker
+            raise FileNotFoundError(f"--data {args.data}: no such dataset folder or manifest; check the path")  # this process starts the workers (each a plain run of this command) and waits for them
+        log.info("training in %d data-parallel processes on this machine", processes)
+        return distributed.launch_local("training.train", worker_argv(argv), processes)
     env, device = distributed.setup(cfg.device.use_gpu)  # a process group only under torchrun
     ok = False
     try:
@@ -112,6 +124,34 @@ def main(argv: list[str] | None = None) -> Path:
     finally:
         distributed.cleanup(env, ok)
     return args.out / "best_model.pth"
+
+
+CPU_PROCESSES_AUTO_MAX = 2
+"""``--processes auto`` on a CPU: at most this many, so the global batch (processes x ``batch_size``) of a recipe
+tuned on 2 cores is the same on a larger machine."""
+
+
+def local_processes(args: argparse.Namespace, cfg: RunConfig) -> int:
+    """How many processes ``--processes`` asks this command to start (1 when torchrun or we already started it)."""
+    if distributed.launched_by_torchrun():
+        return 1
+    if args.processes == "auto":
+        return distributed.local_processes(cfg.device.use_gpu, CPU_PROCESSES_AUTO_MAX)
+    return int(args.processes)
+
+
+def worker_argv(argv: list[str] | None) -> list[str]:
+    """This command's arguments for a worker: the same, without ``--processes``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--processes":
+            skip = True
+        elif not arg.startswith("--processes="):
+            out.append(arg)
+    return out
 
 
 def configure_logging(rank: int) -> None:
