@@ -257,6 +257,46 @@ def test_color_jitter_keeps_the_ratio_of_neighbouring_pixels():
     torch.testing.assert_close(ratio, torch.full((3,), 0.5), atol=0.04, rtol=0)  # the gradient moves it a little
 
 
+def test_clinical_crops_zoom_the_clinical_photo_alone():
+    """clinical_crop_scale: the clinical view zooms in (its blob grows by up to 1/scale squared); the close views,
+    whose framing is part of the score, are untouched."""
+    cfg = DataConfig(image_size=32)
+    image = blob_image(at=(20, 20))
+    aug = Augmentation(symmetries=False, clinical_crop_scale=0.8)
+    generator = torch.Generator().manual_seed(2)
+    zooms = []
+    for _ in range(20):
+        sample = {"clinical": image, "dermoscopy": image.clone(), "multispectral": image.clone(),
+                  "aux_mask": torch.tensor([True, True])}
+        out = augment_sample(sample, aug, cfg, generator)
+        assert torch.equal(out["dermoscopy"], image) and torch.equal(out["multispectral"], image)
+        zooms.append(float(out["clinical"][0].clamp(min=0).sum() / image[0].sum()))
+    assert 1.0 <= min(zooms) and max(zooms) <= (1 / 0.8) ** 2 + 0.15 and max(zooms) > 1.2
+
+
+def test_sensor_noise_has_the_configured_spread_and_leaves_absent_views_zero():
+    """noise=8: per view, Gaussian noise whose std (in 8-bit levels of the view's own [0, 1] space) is uniform in
+    [0, 8], so over many draws the measured std spans most of that range and never exceeds it."""
+    cfg = DataConfig(image_size=64)
+    mean, std = torch.tensor(cfg.mean).view(3, 1, 1), torch.tensor(cfg.std).view(3, 1, 1)
+    flat = (torch.full((3, 64, 64), 0.5) - mean) / std
+    generator = torch.Generator().manual_seed(4)
+    measured = []
+    for _ in range(40):
+        sample = {"clinical": flat, "dermoscopy": flat.clone(), "multispectral": torch.zeros(3, 64, 64),
+                  "aux_mask": torch.tensor([True, False])}
+        out = augment_sample(sample, Augmentation(symmetries=False, noise=8.0), cfg, generator)
+        assert not out["multispectral"].any()
+        raw = out["clinical"] * std + mean
+        measured.append(float((raw - 0.5).std()) * 255)
+        assert abs(float(raw.mean()) - 0.5) < 0.01  # zero-mean noise
+    assert max(measured) <= 8.0 * 1.05 and min(measured) < 2.0 and max(measured) > 6.0
+    with pytest.raises(ValueError, match="training.noise"):
+        Augmentation(noise=-1.0)
+    with pytest.raises(ValueError, match="training.clinical_crop_scale"):
+        Augmentation(clinical_crop_scale=1.5)
+
+
 def test_unknown_jitter_modality_is_an_error_naming_it():
     with pytest.raises(ValueError, match="'thermal'"):
         Augmentation(color_jitter={"thermal": 0.2})

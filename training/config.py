@@ -61,6 +61,8 @@ class TrainConfig:
     rotation_degrees: float = 0.0  # with augment: a further rotation in +-this (same draw for every modality)
     crop_scale: float = 1.0  # with augment: zoom crops of side [crop_scale, 1] (same draw for every modality)
     color_jitter: dict[str, float] = dataclasses.field(default_factory=dict)  # with augment: {modality: strength}
+    clinical_crop_scale: float = 1.0  # with augment: zoom crops of side [this, 1] of the clinical photo alone
+    noise: float = 0.0  # with augment: Gaussian sensor noise, std uniform in [0, this] 8-bit levels, per view
     num_workers: int = 4
     seed: int = 0
     amp: bool = True  # mixed precision on CUDA (fp16 with loss scaling)

@@ -438,18 +438,30 @@ class Augmentation:
             1 +- strength, a red/blue cast of +-strength/3 and an illumination gradient of up to strength across
             the image (RGB views); gains on saturation and lightness (multispectral). Gains scale lesion and skin
             alike, so the relative darkness the score depends on survives.
+        clinical_crop_scale: zoom crops of the clinical photo alone, side uniform in [this, 1]; 1 is off. The
+            clinical framing carries no part of the score (the area is the dermoscopy's), so unlike
+            ``crop_scale`` this is label-preserving; it widens the range of lesion sizes the clinical encoder sees.
+        noise: Gaussian sensor noise added to every present view, its std uniform in [0, noise] 8-bit levels
+            (one draw per view, clipped as a camera would); 0 is off.
     """
 
     symmetries: bool = True
     rotation_degrees: float = 0.0
     crop_scale: float = 1.0
     color_jitter: dict[str, float] = field(default_factory=dict)
+    clinical_crop_scale: float = 1.0
+    noise: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rotation_degrees <= 180.0:
             raise ValueError(f"training.rotation_degrees must be in [0, 180], got {self.rotation_degrees}")
         if not 0.25 <= self.crop_scale <= 1.0:
             raise ValueError(f"training.crop_scale must be in [0.25, 1] (1 = no crops), got {self.crop_scale}")
+        if not 0.25 <= self.clinical_crop_scale <= 1.0:
+            raise ValueError(f"training.clinical_crop_scale must be in [0.25, 1] (1 = no crops), got "
+                             f"{self.clinical_crop_scale}")
+        if not 0.0 <= self.noise <= 64.0:
+            raise ValueError(f"training.noise must be in [0, 64] 8-bit levels (0 = off), got {self.noise}")
         for name, strength in self.color_jitter.items():
             if name not in MODALITIES:
                 raise ValueError(f"training.color_jitter: unknown modality {name!r}; expected some of {MODALITIES}")
@@ -546,11 +558,29 @@ def augment_sample(sample: dict[str, Tensor], aug: Augmentation, data_cfg: DataC
         images = augment_paired(images, generator)
     if aug.resamples:
         images = affine_paired(images, aug.rotation_degrees, aug.crop_scale, generator)
+    if aug.clinical_crop_scale < 1.0:
+        images["clinical"] = affine_paired({"clinical": images["clinical"]}, 0.0, aug.clinical_crop_scale,
+                                           generator)["clinical"]
     present = {"clinical": True, **{m: bool(sample["aux_mask"][i]) for i, m in enumerate(AUX_MODALITIES)}}
     for name, strength in aug.color_jitter.items():
         if strength > 0 and present[name]:
             images[name] = color_jitter(images[name], name, float(strength), data_cfg, generator)
+    if aug.noise > 0:
+        for name in [m for m in MODALITIES if present[m]]:
+            images[name] = sensor_noise(images[name], name, aug.noise, data_cfg, generator)
     return images
+
+
+def sensor_noise(image: Tensor, modality: str, max_std: float, data_cfg: DataConfig,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """One view's normalized ``[3, S, S]`` tensor plus Gaussian noise of std uniform in [0, ``max_std``] 8-bit levels
+    in its own [0, 1] space, clipped to [0, 1] and normalized back."""
+    multispectral = modality == "multispectral"
+    mean = torch.tensor(data_cfg.ms_mean if multispectral else data_cfg.mean).view(3, 1, 1)
+    std = torch.tensor(data_cfg.ms_std if multispectral else data_cfg.std).view(3, 1, 1)
+    level = float(torch.empty(1).uniform_(0.0, max_std, generator=generator)) / 255.0
+    raw = image * std + mean + level * torch.randn(image.shape, generator=generator)
+    return (raw.clamp(0.0, 1.0) - mean) / std
 
 
 def affine_paired(images: dict[str, Tensor], rotation_degrees: float, crop_scale: float,

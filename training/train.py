@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> Path | int:
     configure_logging(distributed.launch_rank())
     cfg = resolve_config(args)
     processes = local_processes(args, cfg)
-    if processes > 1:
+    if processes > 1:  # this process starts the workers (each a plain run of this command) and waits for them
         if not args.data.exists():  # said once here rather than once by every worker
-            raise FileNotFoundError(f"--data {args.data}: no such dataset folder or manifest; check the path")  # this process starts the workers (each a plain run of this command) and waits for them
+            raise FileNotFoundError(f"--data {args.data}: no such dataset folder or manifest; check the path")
         log.info("training in %d data-parallel processes on this machine", processes)
         return distributed.launch_local("training.train", worker_argv(argv), processes)
     env, device = distributed.setup(cfg.device.use_gpu)  # a process group only under torchrun
@@ -241,7 +241,8 @@ def augmentation(tcfg: TrainConfig) -> Augmentation | bool:
     if not tcfg.augment:
         return False
     return Augmentation(rotation_degrees=tcfg.rotation_degrees, crop_scale=tcfg.crop_scale,
-                        color_jitter=dict(tcfg.color_jitter))
+                        color_jitter=dict(tcfg.color_jitter), clinical_crop_scale=tcfg.clinical_crop_scale,
+                        noise=tcfg.noise)
 
 
 # ---------------------------------------------------------------------------------------------------------------
