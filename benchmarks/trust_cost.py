@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=96, help="requests of each measured load")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--duration", type=float, default=180.0, help="cap in seconds on each load")
-    p.add_argument("--calibration-lesions", type=int, default=48, help="synthetic lesions the trust section is fitted on")
+    p.add_argument("--calibration-lesions", type=int, default=48, help="synthetic lesions the trust is fitted on")
     args = p.parse_args(argv)
     if not (args.old_tree / "serving" / "archive.py").is_file():
         p.error(f"--old-tree {args.old_tree}: no serving/archive.py there; give a checkout of pigment")
