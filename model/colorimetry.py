@@ -1,7 +1,8 @@
 """Colorimetric reference: segment a pigmented lesion, measure it against the surrounding skin, score it 0..1.
 
 No learning, only numpy and OpenCV, so weak labelling (``training.weak_labels``), evaluation by skin tone and
-reports share one definition. :func:`measure` is the entry point::
+reports share one definition. :func:`measure` is the entry point (:func:`lesion_mask` gives the same mask and the
+same failures without the colour measurements, for ``model.quality``'s per-request checks)::
 
     RGB image -> working copy (longest side WORK_SIDE px)
       -> segment_lesion: shades-of-gray colour constancy -> L* -> hair suppression (grey closing) -> blur
