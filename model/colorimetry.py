@@ -1,7 +1,8 @@
 """Colorimetric reference: segment a pigmented lesion, measure it against the surrounding skin, score it 0..1.
 
 No learning, only numpy and OpenCV, so weak labelling (``training.weak_labels``), evaluation by skin tone and
-reports share one definition. :func:`measure` is the entry point::
+reports share one definition. :func:`measure` is the entry point (:func:`lesion_mask` gives the same mask and the
+same failures without the colour measurements, for ``model.quality``'s per-request checks)::
 
     RGB image -> working copy (longest side WORK_SIDE px)
       -> segment_lesion: shades-of-gray colour constancy -> L* -> hair suppression (grey closing) -> blur
@@ -67,6 +68,7 @@ MAX_AREA_FRACTION = 0.90  # larger masks are the whole image: "no skin"
 MIN_RELATIVE_CONTRAST = 0.04  # (skin L* - lesion L*) / skin L* below this is "low contrast"
 MIN_SKIN_PIXELS = 50
 BORDER_PENALTY = 0.25  # score factor of a component that touches the image border (vignette, cut-off lesion)
+RUNS_FROM_RADIUS = 24  # disks this large are dilated run by run (faster than cv2.dilate, same pixels)
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,7 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB ``[H, W, 3]`` uint8 or float in [0, 1] -> float32 CIELAB ``[H, W, 3]`` (D65, L* in 0..100)."""
     if rgb.dtype == np.uint8:
         rgb = rgb.astype(np.float32) / 255.0
-    return cv2.cvtColor(rgb.astype(np.float32), cv2.COLOR_RGB2Lab)
+    return cv2.cvtColor(rgb.astype(np.float32, copy=False), cv2.COLOR_RGB2Lab)
 
 
 def shades_of_gray(rgb: np.ndarray, p: int = SHADES_OF_GRAY_P) -> np.ndarray:
@@ -155,9 +157,15 @@ def shades_of_gray(rgb: np.ndarray, p: int = SHADES_OF_GRAY_P) -> np.ndarray:
 
     Each channel is scaled so that its Minkowski p-mean equals the mean over channels.
     """
-    illuminant = np.power(np.mean(np.power(rgb, p), axis=(0, 1)), 1.0 / p)  # [3]
-    gains = illuminant.mean() / np.maximum(illuminant, 1e-6)
-    return np.clip(rgb * gains, 0.0, 1.0).astype(np.float32)
+    rgb = np.ascontiguousarray(rgb, dtype=np.float32)
+    h, w, _ = rgb.shape
+    powered = rgb.copy()
+    for _ in range(p - 1):  # products and cv2.mean: np.power and np.mean over two axes cost much more
+        np.multiply(powered, rgb, out=powered)
+    illuminant = np.power(np.asarray(cv2.mean(powered)[:3]), 1.0 / p)  # [3], float64
+    gains = (illuminant.mean() / np.maximum(illuminant, 1e-6)).astype(np.float32)
+    balanced = rgb.reshape(h, w * 3) * np.tile(gains, w)  # one gain per channel, without broadcasting a 3-axis
+    return np.clip(balanced, 0.0, 1.0, out=balanced).reshape(h, w, 3)
 
 
 # --------------------------------------------------------------------------------------------------- segmentation
@@ -202,21 +210,45 @@ def illumination(lightness: np.ndarray) -> tuple[np.ndarray, float]:
     more than 2 robust stds below the last fit.
     """
     h, w = lightness.shape
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    xs, ys = (xs / w - 0.5).ravel(), (ys / h - 0.5).ravel()
-    design = np.stack([np.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys], axis=1)  # [H*W, 6]
-    sample, values = design[::FIT_STRIDE], lightness.ravel()[::FIT_STRIDE]  # a smooth surface needs few pixels
+    index = np.arange(0, h * w, FIT_STRIDE)  # a smooth surface needs few pixels
+    x, y = index % w / w - 0.5, index // w / h - 0.5
+    columns = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y])  # [6, N] float64
+    values = lightness.ravel()[::FIT_STRIDE].astype(np.float64)
     keep = np.ones_like(values, dtype=bool)
     spread = 0.0
     for step, terms in enumerate((3, 3, 6, 6, 6)):
-        coef, *_ = np.linalg.lstsq(sample[keep, :terms], values[keep], rcond=None)
-        residual = values - sample[:, :terms] @ coef
+        coef = _least_squares(columns[:terms], values, keep)
+        residual = values - np.einsum("i,in->n", coef, columns[:terms])
         if step == 0:
             keep = residual >= np.median(residual)
             continue
         spread = max(1.4826 * float(np.median(np.abs(residual[keep] - np.median(residual[keep])))), 0.25)
         keep = residual > -2.0 * spread
-    return (design[:, :terms] @ coef).reshape(h, w), spread
+    return _quadratic_surface(coef, h, w), spread
+
+
+def _least_squares(columns: np.ndarray, values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Coefficients ``[K]`` minimising ``|coef @ columns - values|`` over the ``keep`` samples, for ``columns [K, N]``
+    float64 (K <= 6), by the normal equations (well conditioned: the columns are low powers of coordinates in
+    [-0.5, 0.5]).
+
+    Not ``np.linalg.lstsq``: its BLAS threads, on a fit this small, cost several times the arithmetic and compete
+    with the model's threads in a serving worker. OpenCV's products of a few rows run on one thread.
+    """
+    kept = columns * keep  # [K, N], zero columns where not kept
+    gram = cv2.mulTransposed(kept, False)  # kept @ kept.T, [K, K]
+    return np.linalg.solve(gram, cv2.gemm(kept, values[:, None], 1.0, None, 0.0).ravel())
+
+
+def _quadratic_surface(coef: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``coef`` of the first 3 or 6 of (1, x, y, x^2, xy, y^2) -> the surface ``[H, W]`` float32 over the pixel grid
+    (x, y = column / W - 0.5, row / H - 0.5)."""
+    c = np.zeros(6)
+    c[:len(coef)] = coef
+    x, y = np.arange(w) / w - 0.5, np.arange(h) / h - 0.5
+    rows = (c[0] + c[2] * y + c[5] * y * y).astype(np.float32)[:, None]  # the terms without x, [H, 1]
+    slopes = (c[1] + c[4] * y).astype(np.float32)[:, None]  # the coefficient of x in each row, [H, 1]
+    return rows + slopes * x.astype(np.float32) + (c[3] * x * x).astype(np.float32)
 
 
 def _central_component(binary: np.ndarray) -> np.ndarray:
@@ -251,14 +283,54 @@ def skin_ring(lesion: np.ndarray, dark: np.ndarray) -> np.ndarray:
     radius = math.sqrt(lesion.sum() / math.pi)
     gap = max(2, round(0.15 * radius))
     width = max(4, round(0.5 * radius))
-    inner = cv2.dilate(lesion.astype(np.uint8), _disk(2 * gap + 1)) > 0
-    outer = cv2.dilate(lesion.astype(np.uint8), _disk(2 * (gap + width) + 1)) > 0
+    inner, outer = _dilations(lesion, (gap, gap + width))
     ring = outer & ~inner & ~dark
     if ring.sum() < MIN_SKIN_PIXELS:
         ring = ~inner & ~dark
     if ring.sum() < MIN_SKIN_PIXELS:
         raise SegmentationError("no skin", f"only {int(ring.sum())} skin pixels around the lesion")
     return ring
+
+
+def _dilations(mask: np.ndarray, radii: tuple[int, ...]) -> list[np.ndarray]:
+    """``mask [H, W]`` bool dilated by a disk of each radius (``_disk(2 r + 1)``, as ``cv2.dilate`` does), each
+    ``[H, W]`` bool: :func:`_dilate_crop` for a small disk, :func:`_dilate_runs` from ``RUNS_FROM_RADIUS`` on."""
+    return [_dilate_runs(mask, r) if r >= RUNS_FROM_RADIUS else _dilate_crop(mask, r) for r in radii]
+
+
+def _dilate_crop(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``cv2.dilate`` on the mask's bounding box widened by ``radius``: nothing further away can be reached, and a
+    small lesion's box is a fraction of the image."""
+    x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
+    rows = slice(max(0, y - radius), min(mask.shape[0], y + h + radius))
+    cols = slice(max(0, x - radius), min(mask.shape[1], x + w + radius))
+    out = np.zeros(mask.shape, dtype=bool)
+    out[rows, cols] = cv2.dilate(mask[rows, cols].astype(np.uint8), _disk(2 * radius + 1)) > 0
+    return out
+
+
+def _dilate_runs(mask: np.ndarray, radius: int) -> np.ndarray:
+    """The same dilation row by row: each run of mask pixels in a row, widened by the disk's half-width at each
+    row offset, is painted into a difference array that a cumulative sum along the rows turns back into pixels.
+
+    ``cv2.dilate``'s cost grows with the disk's area (the ring around a large dermoscopy lesion needs a disk over
+    100 px wide); this one's with the number of runs times the disk's height, and the pixels are the same
+    (docs/trust.md, "What the trust fields cost").
+    """
+    h, w = mask.shape
+    half = (_disk(2 * radius + 1).sum(axis=1).astype(np.int64) - 1) // 2  # [2R+1] half-width at offset -R..R
+    padded = np.zeros((h, w + 2), np.int8)
+    padded[:, 1:-1] = mask
+    edges = np.flatnonzero(np.diff(padded, axis=1))  # run starts and (exclusive) ends alternate, row by row
+    row, start, end = edges[0::2] // (w + 1), edges[0::2] % (w + 1), edges[1::2] % (w + 1)
+    rows = row[:, None] + np.arange(-radius, radius + 1)  # [runs, 2R+1]
+    inside = (rows >= 0) & (rows < h)
+    offsets = rows * (w + 1)
+    lo = (offsets + np.clip(start[:, None] - half, 0, w))[inside]
+    hi = (offsets + np.clip(end[:, None] + half, 0, w))[inside]
+    size = h * (w + 1)
+    changes = np.bincount(lo, minlength=size) - np.bincount(hi, minlength=size)
+    return np.cumsum(changes.reshape(h, w + 1), axis=1)[:, :w] > 0
 
 
 # --------------------------------------------------------------------------------------------------- measurement
@@ -271,29 +343,19 @@ def measure(image: np.ndarray, constants: SeverityConstants = SEVERITY) -> Color
         SegmentationError: the mask is empty, covers (nearly) the whole image, has too little contrast with the
             skin, or no skin is left around it. ``.reason`` says which.
     """
-    rgb = np.asarray(image)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an RGB image [H, W, 3], got shape {rgb.shape}; convert it with .convert('RGB')")
-    full_hw = rgb.shape[:2]
+    rgb = _rgb_array(image)
     work = _working_copy(rgb)
-    lesion, dark = segment_lesion(work)
-    area_fraction = float(lesion.mean())
-    if area_fraction < MIN_AREA_FRACTION:
-        raise SegmentationError("empty", f"area fraction {area_fraction:.4f} < {MIN_AREA_FRACTION}")
-    if area_fraction > MAX_AREA_FRACTION:
-        raise SegmentationError("whole image", f"area fraction {area_fraction:.3f} > {MAX_AREA_FRACTION}")
     lab = rgb_to_lab(work)
-    skin = skin_ring(lesion, dark)
-    lesion_lab, skin_lab = lab[lesion].mean(axis=0), lab[skin].mean(axis=0)
+    lesion, skin = _lesion_and_skin(work, lab)
+    area_fraction = float(lesion.mean())
+    lesion_lab, skin_lab = _mean(lab, lesion), _mean(lab, skin)
     delta_L = float(skin_lab[0] - lesion_lab[0])
     relative_deficit = delta_L / max(float(skin_lab[0]), 1e-6)
-    if relative_deficit < MIN_RELATIVE_CONTRAST:
-        raise SegmentationError("low contrast", f"lesion L* {lesion_lab[0]:.1f} vs skin L* {skin_lab[0]:.1f}")
     lesion_L_std = _robust_std(lab[..., 0][_eroded(lesion)])
     ita = ita_degrees(float(skin_lab[0]), float(skin_lab[2]))
     scores = severity_scores(area_fraction, relative_deficit, lesion_L_std / float(skin_lab[0]), constants)
     return ColorimetryResult(
-        mask=_resize_mask(lesion, full_hw),
+        mask=_resize_mask(lesion, rgb.shape[:2]),
         area_fraction=area_fraction,
         lesion_lab=tuple(float(v) for v in lesion_lab),
         skin_lab=tuple(float(v) for v in skin_lab),
@@ -307,6 +369,40 @@ def measure(image: np.ndarray, constants: SeverityConstants = SEVERITY) -> Color
         heterogeneity_score=scores[2],
         severity=scores[3],
     )
+
+
+def lesion_mask(image: np.ndarray) -> np.ndarray:
+    """The lesion mask ``[H, W]`` bool that :func:`measure` returns for ``image``, and the same
+    :class:`SegmentationError` when it finds none, without measuring the lesion's colour, texture and severity
+    (what ``model.quality`` needs, in every served answer)."""
+    rgb = _rgb_array(image)
+    work = _working_copy(rgb)
+    lightness = cv2.cvtColor(work, cv2.COLOR_RGB2Lab)[..., 0]
+    lesion, _ = _lesion_and_skin(work, lightness)
+    return _resize_mask(lesion, rgb.shape[:2])
+
+
+def _lesion_and_skin(work: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Working copy ``[h, w, 3]`` and its CIELAB ``[h, w, 3]`` (or only L* ``[h, w]``) -> (lesion, surrounding skin)
+    ``[h, w]`` bool, or the :class:`SegmentationError` of an empty, whole-image, low-contrast or skinless mask."""
+    lesion, dark = segment_lesion(work)
+    area_fraction = float(lesion.mean())
+    if area_fraction < MIN_AREA_FRACTION:
+        raise SegmentationError("empty", f"area fraction {area_fraction:.4f} < {MIN_AREA_FRACTION}")
+    if area_fraction > MAX_AREA_FRACTION:
+        raise SegmentationError("whole image", f"area fraction {area_fraction:.3f} > {MAX_AREA_FRACTION}")
+    skin = skin_ring(lesion, dark)
+    lesion_L, skin_L = float(_mean(lab, lesion)[0]), float(_mean(lab, skin)[0])
+    if (skin_L - lesion_L) / max(skin_L, 1e-6) < MIN_RELATIVE_CONTRAST:
+        raise SegmentationError("low contrast", f"lesion L* {lesion_L:.1f} vs skin L* {skin_L:.1f}")
+    return lesion, skin
+
+
+def _mean(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-channel mean ``[C]`` float64 of ``image [H, W, C]`` (or ``[H, W]``: ``[1]``) over ``mask`` (cv2.mean:
+    summed in float64, without copying the selected pixels)."""
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    return np.asarray(cv2.mean(image, mask.astype(np.uint8))[:channels])
 
 
 def severity_scores(area_fraction: float, relative_deficit: float, relative_std: float,
@@ -327,13 +423,20 @@ def _unit(x: float) -> float:
     return float(min(max(x, 0.0), 1.0))
 
 
+def _rgb_array(image: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(image)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an RGB image [H, W, 3], got shape {rgb.shape}; convert it with .convert('RGB')")
+    return rgb
+
+
 def _working_copy(rgb: np.ndarray) -> np.ndarray:
     """uint8 RGB -> float32 in [0, 1], longest side at most WORK_SIDE (area-averaged, so noise shrinks too)."""
     h, w = rgb.shape[:2]
     factor = WORK_SIDE / max(h, w)
     if factor < 1.0:
         rgb = cv2.resize(rgb, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
-    return rgb.astype(np.float32) / (255.0 if rgb.dtype == np.uint8 else 1.0)
+    return rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32, copy=False)
 
 
 def _eroded(mask: np.ndarray) -> np.ndarray:

@@ -114,9 +114,9 @@ def reduced(image: Image.Image) -> Image.Image:
 
 
 def _lesion(rgb: np.ndarray) -> tuple[float | None, bool]:
-    """Lesion area fraction (None when ``colorimetry.measure`` finds none) and whether it reaches the border."""
+    """Lesion area fraction (None when ``colorimetry`` finds none) and whether it reaches the border."""
     try:
-        lesion = colorimetry.measure(rgb).mask
+        lesion = colorimetry.lesion_mask(rgb)
     except colorimetry.SegmentationError:
         return None, False
     area = float(lesion.mean())

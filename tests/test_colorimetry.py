@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model import colorimetry
 from model.colorimetry import SKIN_TONE_BANDS, SegmentationError, ita_band, ita_degrees, measure
 from training import synth, weak_labels
 
@@ -143,3 +144,107 @@ def test_colorimetric_severity_tracks_the_synthetic_ground_truth(tmp_path):
             measured[lesion_id] = 0.0  # a failure counts against the reference rather than being left out
     assert len(truth) >= 40
     assert spearman([truth[k] for k in truth], [measured[k] for k in truth]) >= 0.8
+
+
+# ---------------------------------------------------------------------- fast paths: the same results as before
+
+
+def reference_illumination(lightness):
+    """The fit as ``illumination``'s docstring states it, solved by numpy's float64 SVD least squares."""
+    h, w = lightness.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    x, y = (xs / w - 0.5).ravel(), (ys / h - 0.5).ravel()
+    design = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
+    sample, values = design[::colorimetry.FIT_STRIDE], lightness.ravel()[::colorimetry.FIT_STRIDE].astype(np.float64)
+    keep, spread = np.ones(len(values), dtype=bool), 0.0
+    for step, terms in enumerate((3, 3, 6, 6, 6)):
+        coef = np.linalg.lstsq(sample[keep, :terms], values[keep], rcond=None)[0]
+        residual = values - sample[:, :terms] @ coef
+        if step == 0:
+            keep = residual >= np.median(residual)
+            continue
+        spread = max(1.4826 * float(np.median(np.abs(residual[keep] - np.median(residual[keep])))), 0.25)
+        keep = residual > -2.0 * spread
+    return (design[:, :terms] @ coef).reshape(h, w), spread
+
+
+@pytest.mark.parametrize("size_wh", [(256, 192), (200, 160), (97, 131)])
+def test_illumination_is_the_robust_least_squares_fit(size_wh):
+    image, _ = blob_image(size_wh=size_wh, centre=(0.4, 0.55))
+    gradient = np.linspace(0.7, 1.1, size_wh[0], dtype=np.float32)[None, :, None]
+    rgb = np.clip(image * gradient, 0, 255).astype(np.float32) / 255.0
+    lightness = colorimetry.rgb_to_lab(rgb)[..., 0]
+    surface, spread = colorimetry.illumination(lightness)
+    expected_surface, expected_spread = reference_illumination(lightness)
+    assert surface.shape == lightness.shape
+    np.testing.assert_allclose(surface, expected_surface, rtol=1e-5)
+    assert spread == pytest.approx(expected_spread, rel=1e-5)
+
+
+def test_shades_of_gray_is_the_minkowski_mean_formula():
+    rgb = np.random.default_rng(3).random((120, 90, 3), dtype=np.float32) * np.array([1.0, 0.8, 0.6], np.float32)
+    x = rgb.astype(np.float64)
+    p = colorimetry.SHADES_OF_GRAY_P
+    illuminant = np.mean(x ** p, axis=(0, 1)) ** (1 / p)
+    expected = np.clip(x * illuminant.mean() / illuminant, 0, 1)
+    np.testing.assert_allclose(colorimetry.shades_of_gray(rgb), expected, atol=1e-6)
+
+
+def random_masks(seed: int):
+    """Masks a dilation must get right: blobs of any shape, blobs cut by the frame, single specks, nothing."""
+    rng = np.random.default_rng(seed)
+    for h, w in ((160, 200), (256, 96), (37, 256)):
+        mask = np.zeros((h, w), np.uint8)
+        for _ in range(3):
+            centre = (int(rng.integers(-20, w + 20)), int(rng.integers(-20, h + 20)))
+            axes = (int(rng.integers(1, 80)), int(rng.integers(1, 80)))
+            cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        yield mask > 0
+        yield (rng.random((h, w)) < 0.003) | (mask > 0)
+    yield np.zeros((50, 60), dtype=bool)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 5, 12, colorimetry.RUNS_FROM_RADIUS, 41, 70])
+def test_both_dilations_are_cv2_dilate_with_the_disk(radius):
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    for mask in random_masks(radius):
+        expected = cv2.dilate(mask.astype(np.uint8), disk) > 0
+        np.testing.assert_array_equal(colorimetry._dilate_runs(mask, radius), expected)
+        np.testing.assert_array_equal(colorimetry._dilate_crop(mask, radius), expected)
+
+
+def _faint():
+    return blob_image(darkness=0.03)[0]  # found by Otsu, but not darker than the skin by MIN_RELATIVE_CONTRAST
+
+
+MASK_CASES = {
+    "blob": lambda: blob_image()[0],
+    "small blob": lambda: blob_image(radius=0.06, seed=2)[0],
+    "large blob": lambda: blob_image(radius=0.45, seed=3)[0],
+    "cut by the frame": lambda: blob_image(centre=(0.05, 0.5), seed=4)[0],
+    "under a gradient": lambda: np.clip(blob_image(centre=(0.3, 0.35), radius=0.12)[0]
+                                        * np.linspace(0.75, 1.1, 200)[None, :, None], 0, 255).astype(np.uint8),
+    "faint (low contrast)": _faint,
+    "plain skin": lambda: blob_image(darkness=0.0)[0],
+    "large photo": lambda: cv2.resize(blob_image(seed=5)[0], (800, 640), interpolation=cv2.INTER_LINEAR),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MASK_CASES))
+def test_lesion_mask_is_measures_mask_and_fails_where_measure_fails(case):
+    image = MASK_CASES[case]()
+    try:
+        expected = measure(image).mask
+    except SegmentationError as error:
+        with pytest.raises(SegmentationError) as info:
+            colorimetry.lesion_mask(image)
+        assert info.value.reason == error.reason
+    else:
+        np.testing.assert_array_equal(colorimetry.lesion_mask(image), expected)
+
+
+def test_a_faint_lesion_is_low_contrast_for_both():
+    with pytest.raises(SegmentationError, match="low contrast"):
+        colorimetry.lesion_mask(_faint())
+    with pytest.raises(SegmentationError, match="low contrast"):
+        measure(_faint())

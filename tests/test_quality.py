@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageFilter
 from scipy.ndimage import uniform_filter1d
 
-from model import quality
+from model import colorimetry, quality
 
 
 def lesion_photo(size: int = 256, radius: float = 0.18, centre: tuple[float, float] = (0.5, 0.5),
@@ -75,3 +75,55 @@ def test_warnings_name_their_modality():
     found = quality.warnings_for({"clinical": lesion_photo(), "dermoscopy": lesion_photo(radius=0.0)})
     assert {"modality": "dermoscopy", "warning": "lesion_not_found"} in found
     assert all(w["modality"] == "dermoscopy" for w in found)
+
+
+def _scaled(image: Image.Image, factor: float) -> Image.Image:
+    return Image.fromarray(np.clip(np.asarray(image, dtype=float) * factor, 0, 255).astype(np.uint8))
+
+
+RENDERED_DEFECTS = {
+    "sharp": lambda: lesion_photo(),
+    "blurred": lambda: lesion_photo().filter(ImageFilter.GaussianBlur(4)),
+    "slightly blurred": lambda: lesion_photo(seed=1).filter(ImageFilter.GaussianBlur(1)),
+    "dark": lambda: _scaled(lesion_photo(), 0.15),
+    "bright": lambda: _scaled(lesion_photo(), 3.0),
+    "brightened x1.6": lambda: _scaled(lesion_photo(seed=2), 1.6),
+    "bare skin": lambda: lesion_photo(radius=0.0),
+    "cut by the frame": lambda: lesion_photo(centre=(0.05, 0.5), radius=0.2),
+    "tiny": lambda: lesion_photo(radius=0.045),
+    "large": lambda: lesion_photo(radius=0.42, seed=3),
+    "phone size": lambda: lesion_photo(size=1024, seed=5),
+}
+WARNINGS_BEFORE_THE_FAST_PATHS = {  # (clinical, dermoscopy), from model.quality as of commit 90c8989
+    "sharp": ((), ()),
+    "blurred": (("blurred",), ("blurred",)),
+    "slightly blurred": (("blurred",), ()),
+    "dark": (("underexposed",), ("underexposed",)),
+    "bright": (("overexposed",), ("overexposed",)),
+    "brightened x1.6": (("overexposed",), ("overexposed",)),
+    "bare skin": (("lesion_not_found",), ("lesion_not_found",)),
+    "cut by the frame": (("lesion_touches_border",), ("lesion_touches_border",)),
+    "tiny": ((), ("lesion_too_small",)),
+    "large": ((), ()),
+    "phone size": ((), ()),
+}
+
+
+@pytest.mark.parametrize("defect", sorted(RENDERED_DEFECTS))
+def test_rendered_defects_get_the_warnings_they_got_before_the_fast_paths(defect):
+    image = RENDERED_DEFECTS[defect]()
+    found = tuple(quality.check(image, m).warnings for m in ("clinical", "dermoscopy"))
+    assert found == WARNINGS_BEFORE_THE_FAST_PATHS[defect]
+
+
+@pytest.mark.parametrize("defect", sorted(RENDERED_DEFECTS))
+def test_the_lesion_behind_the_warnings_is_the_one_colorimetry_measures(defect):
+    image = RENDERED_DEFECTS[defect]()
+    report = quality.check(image, "dermoscopy")
+    try:
+        mask = colorimetry.measure(quality.working_copy(image)).mask
+    except colorimetry.SegmentationError:
+        assert report.lesion_area is None and "lesion_not_found" in report.warnings
+        return
+    assert report.lesion_area == pytest.approx(float(mask.mean()), abs=0)
+    assert report.touches_border == bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
