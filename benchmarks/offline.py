@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import torch
 
 from benchmarks.readout import predictor_for
 from benchmarks.workload import Variant
+from model.cpu import use_threads
 
 
 class OfflinePool:
@@ -84,7 +84,7 @@ class OfflinePool:
 
 def _offline_worker(checkpoint: Path, variant: Variant, bodies: list[dict[str, bytes]], commands: Any,
                     results: Any) -> None:
-    torch.set_num_threads(variant.threads)
+    use_threads(variant.threads)
     predictor = predictor_for(checkpoint, variant.backend, variant.batch_size)
     results.put({"rss_mib": psutil.Process().memory_info().rss / 2**20})
     while (batches := commands.get()) is not None:

@@ -25,7 +25,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler import kserve_v2
 from handler.predictor import Failure, Predictor, PredictorOptions, repeated_part_failure
 from model.config import from_dict
-from model.cpu import threads_per_worker
+from model.cpu import threads_per_worker, use_threads
 from model.scoring import Sample
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class PigmentHandler(BaseHandler):
         model_yaml = context.model_yaml_config or {}
         options = from_dict(PredictorOptions, model_yaml.get("handler"), "handler")
         threads = threads_per_worker(int(model_yaml.get("maxWorkers", 1)), options.threads)
-        torch.set_num_threads(threads)
+        use_threads(threads)
         self.device = _device(properties.get("gpu_id"))
         checkpoint = os.path.join(properties["model_dir"], self.manifest["model"]["serializedFile"])
         # Warm-up for every batch size TorchServe can send happens here, before the worker reports READY.

@@ -24,6 +24,17 @@ def threads_per_worker(workers: int, threads: int = 0) -> int:
     return max(1, available_cores() // max(1, int(workers)))
 
 
+def use_threads(threads: int) -> None:
+    """Run this process's torch ops and OpenCV's (image decoding aside, the quality checks' and colorimetry's) on
+    ``threads`` threads: OpenCV otherwise starts one per core in every worker, and workers x threads would exceed
+    the cores that :func:`threads_per_worker` shares out."""
+    import cv2  # here, not at the top: this module stays import-light for whoever only counts cores
+    import torch
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+
+
 def bf16_units() -> tuple[str, ...]:
     """The :data:`BF16_FLAGS` this CPU has (empty: bf16 would be slow emulation, or not Linux)."""
     try:

@@ -38,7 +38,7 @@ from handler import kserve_v2
 from handler.predictor import Predictor, PredictorOptions
 from kserve import InferOutput, InferRequest, InferResponse, model_server
 from model.config import from_dict
-from model.cpu import threads_per_worker
+from model.cpu import threads_per_worker, use_threads
 from serving.archive import MODEL_CONFIG
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class PigmentModel(kserve.Model):
 
     def load(self) -> bool:
         """Build the Predictor from the checkpoint (nothing is downloaded); KServe reports ready afterwards."""
-        torch.set_num_threads(threads_per_worker(self.workers, self.options.threads))
+        use_threads(threads_per_worker(self.workers, self.options.threads))
         self.predictor = Predictor(self.checkpoint, self.options, self.device, max_batch=self.max_batch)
         self.ready = True
         return self.ready
