@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from training.config import load_config, save_config
 
@@ -74,7 +75,8 @@ def test_set_overrides_are_parsed_as_yaml_and_reach_nested_keys():
     ])
     assert cfg.training.learning_rate == 3e-4
     assert cfg.model.head_hidden == (16, 8)
-    assert cfg.model.backbone_kwargs["embed_dim"] == 48 and cfg.model.backbone_kwargs["window_size"] == 6
+    demo_window = yaml.safe_load((CONFIGS / "demo.yaml").read_text())["model"]["backbone_kwargs"]["window_size"]
+    assert cfg.model.backbone_kwargs["embed_dim"] == 48 and cfg.model.backbone_kwargs["window_size"] == demo_window
     assert cfg.device.use_gpu is False and cfg.model.pretrained_file == "/w/swin.pth"
 
 
