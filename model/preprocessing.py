@@ -166,12 +166,33 @@ def image_to_tensor(img: Image.Image, modality: str, cfg: DataConfig) -> torch.T
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     rgb = np.asarray(img, dtype=np.float32) / 255.0  # [S, S, 3]
+    if cfg.color_constancy:
+        rgb = shades_of_grey(rgb, cfg.color_constancy)
     if modality == "multispectral":
         channels, mean, std = pseudo_multispectral(rgb), cfg.ms_mean, cfg.ms_std
     else:
         channels, mean, std = rgb, cfg.mean, cfg.std
     normalized = (channels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(normalized.transpose(2, 0, 1)))
+
+
+CONSTANCY_REFERENCE = (0.70, 0.56, 0.48)
+"""The RGB colour :func:`shades_of_grey` maps a view's illuminant estimate to: a mid skin tone's, not grey, so that
+skin keeps a stable hue (the hue of a grey pixel is noise, and the multispectral view is read as hue, saturation,
+lightness), with room above it for glints and below it for the darkest lesions."""
+
+
+def shades_of_grey(rgb: np.ndarray, p: float) -> np.ndarray:
+    """Shades-of-grey colour constancy (Finlayson and Trezzi, 2004): ``[H, W, 3]`` RGB in [0, 1] -> the same image
+    with each channel scaled so that its Minkowski ``p``-norm mean, the illuminant estimate, becomes that channel
+    of :data:`CONSTANCY_REFERENCE`; clipped to [0, 1].
+
+    ``p = 1`` is grey world, large ``p`` tends to max-RGB. A global gain or colour cast of the capture multiplies
+    the estimate by the same factor, so it cancels; lesion-to-skin ratios, which the score reads, are kept.
+    """
+    illuminant = np.power(np.mean(np.power(rgb, p, dtype=np.float64), axis=(0, 1)), 1.0 / p)
+    gains = np.asarray(CONSTANCY_REFERENCE) / np.maximum(illuminant, 1.0 / 255.0)
+    return np.clip(rgb * gains.astype(np.float32), 0.0, 1.0)
 
 
 def simulation_source(images: Mapping[str, object]) -> str:

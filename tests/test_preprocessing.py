@@ -64,3 +64,12 @@ def test_cached_tensors_equal_freshly_decoded_ones(lesion_dir):
     fresh = LesionDataset(lesions, DATA_CFG, train=False)
     for m in ("clinical", "dermoscopy", "multispectral"):
         torch.testing.assert_close(cached[1][m], fresh[1][m], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("modality, path", [("clinical", "clinical/images/a.jpg"),
+                                            ("multispectral", "multispectral/images/a.png")])
+def test_parity_holds_with_colour_constancy_on(lesion_dir, modality, path):
+    cfg = DataConfig(image_size=64, color_constancy=6)
+    served = preprocess_bytes((lesion_dir / path).read_bytes(), modality, cfg)
+    torch.testing.assert_close(served, _val_sample(lesion_dir, "a", cfg)[modality], rtol=0, atol=0)
+    assert not torch.equal(served, preprocess_bytes((lesion_dir / path).read_bytes(), modality, DATA_CFG))

@@ -221,3 +221,49 @@ def test_palette_images_show_their_palette_colours(transparent):
     tensor = preprocess_bytes(encode(img), "clinical", CFG)
     for column, colour in ((5, colours[0]), (SIZE // 2, colours[1]), (SIZE - 5, colours[2])):
         np.testing.assert_allclose(pixel(tensor, 20, column), normalised(colour), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ colour constancy
+
+# DataConfig.color_constancy's documented target: the illuminant estimate of every view becomes this mid skin colour.
+CONSTANCY_REFERENCE = np.array([0.70, 0.56, 0.48])
+
+
+def two_tone(left, right) -> np.ndarray:
+    """A ``SIZE`` x ``SIZE`` 8-bit image: the left quarter one colour (a lesion), the rest another (skin)."""
+    pixels = np.empty((SIZE, SIZE, 3), np.uint8)
+    pixels[:, : SIZE // 4] = left
+    pixels[:, SIZE // 4:] = right
+    return pixels
+
+
+@pytest.mark.parametrize("p", [1.0, 6.0])
+def test_shades_of_grey_maps_the_minkowski_mean_of_each_channel_to_the_reference(p):
+    lesion, skin = np.array([90, 60, 40]), np.array([200, 150, 120])
+    # The p-norm mean of each channel over a quarter of lesion and three quarters of skin pixels.
+    illuminant = (0.25 * (lesion / 255.0) ** p + 0.75 * (skin / 255.0) ** p) ** (1 / p)
+    cfg = DataConfig(image_size=SIZE, color_constancy=p)
+    tensor = preprocess_bytes(encode(Image.fromarray(two_tone(lesion, skin))), "dermoscopy", cfg)
+    for column, colour in ((2, lesion), (SIZE - 3, skin)):
+        expected = np.clip(colour / 255.0 * CONSTANCY_REFERENCE / illuminant, 0, 1)
+        np.testing.assert_allclose(pixel(tensor, 10, column), (expected - IMAGENET_MEAN) / IMAGENET_STD, atol=1e-4)
+
+
+@pytest.mark.parametrize("modality", ["clinical", "dermoscopy", "multispectral"])
+def test_with_colour_constancy_a_capture_gain_and_colour_cast_cancel(modality):
+    rng = np.random.default_rng(3)
+    skin = np.array([190.0, 140.0, 115.0]) * rng.uniform(0.9, 1.1, (SIZE, SIZE, 1))  # textured skin
+    skin[20:40, 15:45] *= 0.55  # a darker lesion
+    relit = skin * np.array([0.7, 0.62, 0.55])  # dimmer and warmer: a different camera or lamp
+    on, off = DataConfig(image_size=SIZE, color_constancy=6), CFG
+    tensors = {cfg: [preprocess_bytes(encode(Image.fromarray(np.round(x).astype(np.uint8))), modality, cfg)
+                     for x in (skin, relit)] for cfg in (on, off)}
+    # Equal up to 8-bit rounding of the dimmer image (about 2 levels after the gain is divided out).
+    assert float((tensors[on][0] - tensors[on][1]).abs().mean()) < 0.03
+    assert float((tensors[off][0] - tensors[off][1]).abs().mean()) > 0.3
+
+
+@pytest.mark.parametrize("p", [0.5, -1, 17])
+def test_an_invalid_colour_constancy_norm_is_refused_naming_the_key(p):
+    with pytest.raises(ValueError, match=r"data\.color_constancy.*\[1, 16\].*0 for off"):
+        DataConfig(color_constancy=p)
