@@ -171,18 +171,19 @@ def shades_of_gray(rgb: np.ndarray, p: int = SHADES_OF_GRAY_P) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- segmentation
 
 
-def segment_lesion(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def segment_lesion(rgb: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Float RGB ``[H, W, 3]`` in [0, 1] -> (lesion mask, every dark pixel), both ``[H, W]`` bool.
 
     The second mask lets the caller keep other dark things (hair, other lesions, vignette) out of the skin.
-    Raises :class:`SegmentationError` when no dark component exists.
+    ``scale`` is the working copy's longest side / WORK_SIDE: the filters' sizes (set in pixels of a WORK_SIDE
+    copy) shrink with it. Raises :class:`SegmentationError` when no dark component exists.
     """
     lightness = rgb_to_lab(shades_of_gray(rgb))[..., 0]
-    lightness = cv2.morphologyEx(lightness, cv2.MORPH_CLOSE, _disk(HAIR_CLOSING_PX))
-    lightness = cv2.GaussianBlur(lightness, (0, 0), BLUR_SIGMA_PX)
+    lightness = cv2.morphologyEx(lightness, cv2.MORPH_CLOSE, _disk(_scaled_px(HAIR_CLOSING_PX, scale)))
+    lightness = cv2.GaussianBlur(lightness, (0, 0), BLUR_SIGMA_PX * scale)
     dark = dark_pixels(lightness)
-    cleaned = cv2.morphologyEx(dark.astype(np.uint8), cv2.MORPH_OPEN, _disk(3))
-    cleaned = cv2.morphologyEx(cleaned, cv2.MORPH_CLOSE, _disk(5))
+    cleaned = cv2.morphologyEx(dark.astype(np.uint8), cv2.MORPH_OPEN, _disk(_scaled_px(3, scale)))
+    cleaned = cv2.morphologyEx(cleaned, cv2.MORPH_CLOSE, _disk(_scaled_px(5, scale)))
     return _fill_holes(_central_component(cleaned > 0)), dark
 
 
@@ -277,17 +278,26 @@ def _disk(diameter: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (diameter, diameter))
 
 
-def skin_ring(lesion: np.ndarray, dark: np.ndarray) -> np.ndarray:
+def _scaled_px(diameter: int, scale: float) -> int:
+    """A filter's odd diameter on a WORK_SIDE copy -> on a copy ``scale`` times that size, at least 3 (a 1-px disk
+    filters nothing): 3 and 5 stay 3 and 5 at scale 1, and both become 3 at scale 0.5."""
+    return max(3, 2 * round((diameter * scale - 1) / 2) + 1)
+
+
+def skin_ring(lesion: np.ndarray, dark: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """Surrounding skin ``[H, W]`` bool: a ring from 0.15 to 0.65 equivalent radii outside the lesion, without
-    Otsu-dark pixels; everything outside the gap when the ring is too small (a lesion filling the frame)."""
+    Otsu-dark pixels; everything outside the gap when the ring is too small (a lesion filling the frame).
+    ``scale`` as in :func:`segment_lesion`: the least skin, MIN_SKIN_PIXELS on a WORK_SIDE copy, shrinks with
+    the copy's area."""
     radius = math.sqrt(lesion.sum() / math.pi)
     gap = max(2, round(0.15 * radius))
     width = max(4, round(0.5 * radius))
     inner, outer = _dilations(lesion, (gap, gap + width))
     ring = outer & ~inner & ~dark
-    if ring.sum() < MIN_SKIN_PIXELS:
+    least = round(MIN_SKIN_PIXELS * scale * scale)
+    if ring.sum() < least:
         ring = ~inner & ~dark
-    if ring.sum() < MIN_SKIN_PIXELS:
+    if ring.sum() < least:
         raise SegmentationError("no skin", f"only {int(ring.sum())} skin pixels around the lesion")
     return ring
 
@@ -371,27 +381,33 @@ def measure(image: np.ndarray, constants: SeverityConstants = SEVERITY) -> Color
     )
 
 
-def lesion_mask(image: np.ndarray) -> np.ndarray:
+def lesion_mask(image: np.ndarray, side: int = WORK_SIDE) -> np.ndarray:
     """The lesion mask ``[H, W]`` bool that :func:`measure` returns for ``image``, and the same
     :class:`SegmentationError` when it finds none, without measuring the lesion's colour, texture and severity
-    (what ``model.quality`` needs, in every served answer)."""
+    (what ``model.quality`` needs, in every served answer).
+
+    ``side`` < WORK_SIDE segments a smaller working copy (longest side at most ``side``) with the filters scaled
+    to it: about ``(WORK_SIDE / side) ** 2`` times cheaper, and nearly the same mask (docs/trust.md, "The quality
+    check, before and after its fast paths"), still returned at the input's size.
+    """
     rgb = _rgb_array(image)
-    work = _working_copy(rgb)
+    work = _working_copy(rgb, side)
     lightness = cv2.cvtColor(work, cv2.COLOR_RGB2Lab)[..., 0]
-    lesion, _ = _lesion_and_skin(work, lightness)
+    lesion, _ = _lesion_and_skin(work, lightness, side / WORK_SIDE)
     return _resize_mask(lesion, rgb.shape[:2])
 
 
-def _lesion_and_skin(work: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _lesion_and_skin(work: np.ndarray, lab: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Working copy ``[h, w, 3]`` and its CIELAB ``[h, w, 3]`` (or only L* ``[h, w]``) -> (lesion, surrounding skin)
-    ``[h, w]`` bool, or the :class:`SegmentationError` of an empty, whole-image, low-contrast or skinless mask."""
-    lesion, dark = segment_lesion(work)
+    ``[h, w]`` bool, or the :class:`SegmentationError` of an empty, whole-image, low-contrast or skinless mask.
+    ``scale``: the working copy's nominal side / WORK_SIDE (:func:`segment_lesion`)."""
+    lesion, dark = segment_lesion(work, scale)
     area_fraction = float(lesion.mean())
     if area_fraction < MIN_AREA_FRACTION:
         raise SegmentationError("empty", f"area fraction {area_fraction:.4f} < {MIN_AREA_FRACTION}")
     if area_fraction > MAX_AREA_FRACTION:
         raise SegmentationError("whole image", f"area fraction {area_fraction:.3f} > {MAX_AREA_FRACTION}")
-    skin = skin_ring(lesion, dark)
+    skin = skin_ring(lesion, dark, scale)
     lesion_L, skin_L = float(_mean(lab, lesion)[0]), float(_mean(lab, skin)[0])
     if (skin_L - lesion_L) / max(skin_L, 1e-6) < MIN_RELATIVE_CONTRAST:
         raise SegmentationError("low contrast", f"lesion L* {lesion_L:.1f} vs skin L* {skin_L:.1f}")
@@ -430,10 +446,10 @@ def _rgb_array(image: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def _working_copy(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB -> float32 in [0, 1], longest side at most WORK_SIDE (area-averaged, so noise shrinks too)."""
+def _working_copy(rgb: np.ndarray, side: int = WORK_SIDE) -> np.ndarray:
+    """uint8 RGB -> float32 in [0, 1], longest side at most ``side`` (area-averaged, so noise shrinks too)."""
     h, w = rgb.shape[:2]
-    factor = WORK_SIDE / max(h, w)
+    factor = side / max(h, w)
     if factor < 1.0:
         rgb = cv2.resize(rgb, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
     return rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32, copy=False)

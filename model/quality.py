@@ -1,8 +1,11 @@
 """Image-quality warnings for one decoded view: blurred, under- or over-exposed, lesion not found, lesion touching
 the border, lesion too small. They are warnings: the image is still scored.
 
-Each check runs on a working copy of the decoded image (longest side at most ``model.colorimetry.WORK_SIDE``, the
-size the segmentation uses), so it costs a few milliseconds whatever the upload size:
+The blur and exposure checks run on a working copy of the decoded image (longest side at most
+``model.colorimetry.WORK_SIDE``, the size colorimetry's weak labels use), the lesion checks on a copy half that size
+(``LESION_SIDE``, with the segmentation's filters scaled to it), so a check costs a few milliseconds whatever the
+upload size. Blur needs the larger copy (halving the image hides a slight blur); the lesion does not (its warnings
+are nearly the same at either size, at a quarter of the cost; docs/trust.md):
 
 * ``blurred``: the no-reference blur measure of Crete-Roffet et al. (2007): re-blur the grey image with a 9-tap
   box filter along each axis and measure how much of its neighbour-difference energy survives. A sharp image loses
@@ -38,6 +41,8 @@ BRIGHT_LEVEL = 245 / 255
 CLIPPED_SHARE = 0.25
 UNDER_MEDIAN = 0.15
 OVER_MEDIAN = 0.92
+LESION_SIDE = colorimetry.WORK_SIDE // 2
+"""Longest side of the copy the lesion checks segment (``colorimetry.lesion_mask(..., side=LESION_SIDE)``)."""
 MIN_LESION_AREA: dict[str, float] = {"clinical": 0.002, "dermoscopy": 0.01, "multispectral": 0.01}
 """Lesion area / image area below which a lesion is "too small" to read, per modality (a clinical photo frames a
 lesion much smaller than a dermoscope does)."""
@@ -58,12 +63,12 @@ class QualityReport:
 
 def check(image: Image.Image, modality: str) -> QualityReport:
     """Measure one decoded RGB view and list its warnings (in ``WARNINGS`` order)."""
-    rgb = working_copy(image)  # float32 [H, W, 3] in [0, 1]
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    pixels = np.asarray(reduced(image))  # uint8 [H, W, 3]
+    grey = cv2.cvtColor(_unit_float(pixels), cv2.COLOR_RGB2GRAY)
     blur = blur_measure(grey)
-    median = float(np.median(grey))
+    median = _median(grey)
     dark, bright = float((grey <= DARK_LEVEL).mean()), float((grey >= BRIGHT_LEVEL).mean())
-    area, touches = _lesion(rgb)
+    area, touches = _lesion(pixels)
     found = {
         "blurred": blur > BLUR_LIMIT.get(modality, max(BLUR_LIMIT.values())),
         "underexposed": dark > CLIPPED_SHARE or median < UNDER_MEDIAN,
@@ -82,24 +87,35 @@ def warnings_for(images: dict[str, Image.Image]) -> list[dict[str, str]]:
 
 def blur_measure(grey: np.ndarray) -> float:
     """Crete-Roffet blur measure of a float grey image ``[H, W]``: 0 sharp .. 1 blurred (the worse of both axes)."""
-    grey = grey.astype(np.float32)
+    grey = np.ascontiguousarray(grey, dtype=np.float32)
     worst = 0.0
     for axis in (0, 1):
         kernel = (1, BLUR_TAPS) if axis == 1 else (BLUR_TAPS, 1)
         reblurred = cv2.blur(grey, kernel[::-1], borderType=cv2.BORDER_REFLECT)  # cv2 takes (width, height)
-        d_sharp = np.abs(np.diff(grey, axis=axis))
-        d_blur = np.abs(np.diff(reblurred, axis=axis))
-        total = float(d_sharp.sum())
+        d_sharp, d_blur = _neighbour_differences(grey, axis), _neighbour_differences(reblurred, axis)
+        total = cv2.sumElems(d_sharp)[0]  # OpenCV sums in float64, on one pass without temporaries
         if total <= 0.0:  # a flat image has no detail at all
             return 1.0
-        lost = float(np.maximum(0.0, d_sharp - d_blur).sum())
+        lost = cv2.sumElems(cv2.max(cv2.subtract(d_sharp, d_blur), 0.0))[0]
         worst = max(worst, (total - lost) / total)
     return worst
 
 
+def _neighbour_differences(image: np.ndarray, axis: int) -> np.ndarray:
+    """``|image[i + 1] - image[i]|`` along ``axis`` of a float32 ``[H, W]``: ``[H - 1, W]`` or ``[H, W - 1]``."""
+    if axis == 0:
+        return cv2.absdiff(image[1:], image[:-1])
+    return cv2.absdiff(image[:, 1:], image[:, :-1])
+
+
 def working_copy(image: Image.Image) -> np.ndarray:
     """RGB float32 ``[H, W, 3]`` in [0, 1], longest side at most ``colorimetry.WORK_SIDE`` (area-averaged)."""
-    return np.asarray(reduced(image), dtype=np.float32) / 255.0
+    return _unit_float(np.asarray(reduced(image)))
+
+
+def _unit_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 / 255 (numpy converting a PIL image straight to float32 costs five times more)."""
+    return np.divide(pixels, np.float32(255.0), dtype=np.float32)
 
 
 def reduced(image: Image.Image) -> Image.Image:
@@ -113,10 +129,19 @@ def reduced(image: Image.Image) -> Image.Image:
     return image
 
 
-def _lesion(rgb: np.ndarray) -> tuple[float | None, bool]:
-    """Lesion area fraction (None when ``colorimetry`` finds none) and whether it reaches the border."""
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of a float32 array, the same value, on one partition (np.median selects twice)."""
+    flat = values.ravel()
+    middle = flat.size // 2
+    part = np.partition(flat, middle)  # part[middle] is the middle value, everything before it is no larger
+    return float(part[middle] if flat.size % 2 else (part[:middle].max() + part[middle]) / 2)
+
+
+def _lesion(pixels: np.ndarray) -> tuple[float | None, bool]:
+    """uint8 RGB ``[H, W, 3]`` -> lesion area fraction (None when ``colorimetry`` finds none, segmenting a copy of
+    ``LESION_SIDE`` px) and whether it reaches the border."""
     try:
-        lesion = colorimetry.lesion_mask(rgb)
+        lesion = colorimetry.lesion_mask(pixels, side=LESION_SIDE)
     except colorimetry.SegmentationError:
         return None, False
     area = float(lesion.mean())

@@ -248,3 +248,36 @@ def test_a_faint_lesion_is_low_contrast_for_both():
         colorimetry.lesion_mask(_faint())
     with pytest.raises(SegmentationError, match="low contrast"):
         measure(_faint())
+
+
+BLOB_CASES = {
+    "blob": lambda: blob_image(),
+    "small blob": lambda: blob_image(radius=0.06, seed=2),
+    "large blob": lambda: blob_image(radius=0.45, seed=3),
+    "cut by the frame": lambda: blob_image(centre=(0.05, 0.5), seed=4),
+    "large photo": lambda: blob_image(size_wh=(800, 640), seed=5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BLOB_CASES))
+def test_a_half_size_lesion_mask_recovers_the_drawn_blob(case):
+    """``lesion_mask(side=WORK_SIDE // 2)`` (model.quality's checks) against the drawn truth, at the input's size."""
+    image, truth = BLOB_CASES[case]()
+    mask = colorimetry.lesion_mask(image, side=colorimetry.WORK_SIDE // 2)
+    assert mask.shape == truth.shape
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.8
+
+
+@pytest.mark.parametrize("image, reason", [(lambda: blob_image(darkness=0.0)[0], "empty"), (_faint, "low contrast")])
+def test_a_half_size_lesion_mask_fails_where_measure_fails(image, reason):
+    with pytest.raises(SegmentationError) as info:
+        measure(image())
+    assert info.value.reason == reason
+    with pytest.raises(SegmentationError) as info:
+        colorimetry.lesion_mask(image(), side=colorimetry.WORK_SIDE // 2)
+    assert info.value.reason == reason
+
+
+def test_the_filters_keep_their_sizes_at_full_working_size_and_stay_odd_and_useful_when_halved():
+    assert [colorimetry._scaled_px(d, 1.0) for d in (3, 5, 7)] == [3, 5, 7]
+    assert [colorimetry._scaled_px(d, 0.5) for d in (3, 5, 7, 11)] == [3, 3, 3, 5]
