@@ -66,7 +66,7 @@ def check(image: Image.Image, modality: str) -> QualityReport:
     pixels = np.asarray(reduced(image))  # uint8 [H, W, 3]
     grey = cv2.cvtColor(_unit_float(pixels), cv2.COLOR_RGB2GRAY)
     blur = blur_measure(grey)
-    median = _median(grey)
+    median = float(np.median(grey))
     dark, bright = float((grey <= DARK_LEVEL).mean()), float((grey >= BRIGHT_LEVEL).mean())
     area, touches = _lesion(pixels)
     found = {
@@ -127,14 +127,6 @@ def reduced(image: Image.Image) -> Image.Image:
         image = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))),
                              Image.Resampling.BOX)
     return image
-
-
-def _median(values: np.ndarray) -> float:
-    """``np.median`` of a float32 array, the same value, on one partition (np.median selects twice)."""
-    flat = values.ravel()
-    middle = flat.size // 2
-    part = np.partition(flat, middle)  # part[middle] is the middle value, everything before it is no larger
-    return float(part[middle] if flat.size % 2 else (part[:middle].max() + part[middle]) / 2)
 
 
 def _lesion(pixels: np.ndarray) -> tuple[float | None, bool]:

@@ -147,8 +147,3 @@ def test_the_check_reads_the_same_pixels_as_a_plain_float_conversion():
     expected = np.asarray(quality.reduced(image), dtype=np.float32) / 255.0
     np.testing.assert_array_equal(quality.working_copy(image), expected)
 
-
-@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (3, 5), (191, 255), (192, 256)])
-def test_the_median_luma_is_numpys_median(shape):
-    values = np.round(np.random.default_rng(shape[1]).random(shape) * 40).astype(np.float32) / 40  # ties too
-    assert quality._median(values) == float(np.median(values))
