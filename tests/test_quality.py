@@ -147,3 +147,14 @@ def test_the_check_reads_the_same_pixels_as_a_plain_float_conversion():
     expected = np.asarray(quality.reduced(image), dtype=np.float32) / 255.0
     np.testing.assert_array_equal(quality.working_copy(image), expected)
 
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (3, 5), (191, 255), (192, 256)])
+def test_exposure_is_the_median_and_clipped_shares_of_the_8_bit_luma(shape):
+    """Grey pixels (R = G = B) have that value as luma; values on both sides of each limit, and ties."""
+    values = np.array([0, 9, 10, 11, 37, 128, 200, 244, 245, 246, 255])
+    luma = np.random.default_rng(shape[0]).choice(values, size=shape)
+    median, dark, bright = quality.exposure(np.repeat(luma[..., None], 3, axis=2).astype(np.uint8))
+    assert median == pytest.approx(np.median(luma) / 255, abs=1e-12)
+    assert dark == np.mean(luma <= quality.DARK_LUMA)
+    assert bright == np.mean(luma >= quality.BRIGHT_LUMA)
