@@ -387,8 +387,8 @@ def lesion_mask(image: np.ndarray, side: int = WORK_SIDE) -> np.ndarray:
     (what ``model.quality`` needs, in every served answer).
 
     ``side`` < WORK_SIDE segments a smaller working copy (longest side at most ``side``) with the filters scaled
-    to it: about ``(WORK_SIDE / side) ** 2`` times cheaper, and nearly the same mask (docs/trust.md, "The quality
-    check, before and after its fast paths"), still returned at the input's size.
+    to it: several times cheaper, and nearly the same mask (docs/trust.md, "The lesion checks at 128 px"), still
+    returned at the input's size.
     """
     rgb = _rgb_array(image)
     work = _working_copy(rgb, side)

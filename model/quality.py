@@ -5,7 +5,7 @@ The blur and exposure checks run on a working copy of the decoded image (longest
 ``model.colorimetry.WORK_SIDE``, the size colorimetry's weak labels use), the lesion checks on a copy half that size
 (``LESION_SIDE``, with the segmentation's filters scaled to it), so a check costs a few milliseconds whatever the
 upload size. Blur needs the larger copy (halving the image hides a slight blur); the lesion does not (its warnings
-are nearly the same at either size, at a quarter of the cost; docs/trust.md):
+are nearly the same at either size, and the smaller copy costs a fraction; docs/trust.md measures both):
 
 * ``blurred``: the no-reference blur measure of Crete-Roffet et al. (2007): re-blur the grey image with a 9-tap
   box filter along each axis and measure how much of its neighbour-difference energy survives. A sharp image loses
@@ -87,7 +87,7 @@ def warnings_for(images: dict[str, Image.Image]) -> list[dict[str, str]]:
 
 def exposure(pixels: np.ndarray) -> tuple[float, float, float]:
     """uint8 RGB ``[H, W, 3]`` -> (median luma in [0, 1], share of pixels at or below ``DARK_LUMA``, share at or
-    above ``BRIGHT_LUMA``), all from one histogram of the 8-bit luma (a median of float luma sorts 50 000 values)."""
+    above ``BRIGHT_LUMA``), all from one histogram of the 8-bit luma (much cheaper than a median of float luma)."""
     luma = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY)
     at_most = np.cumsum(np.bincount(luma.ravel(), minlength=256))  # at_most[v]: pixels with luma <= v
     n = luma.size
@@ -124,7 +124,7 @@ def working_copy(image: Image.Image) -> np.ndarray:
 
 
 def _unit_float(pixels: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 / 255 (numpy converting a PIL image straight to float32 costs five times more)."""
+    """uint8 -> float32 / 255 (numpy converting a PIL image straight to float32 costs much more)."""
     return np.divide(pixels, np.float32(255.0), dtype=np.float32)
 
 
