@@ -112,14 +112,17 @@ def configs_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[ModelConfig, Da
     )
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any]) -> LoadedModel:
-    """Rebuild the eval-mode model (never downloading pretrained weights) from a loaded checkpoint dict."""
+def model_from_checkpoint(checkpoint: dict[str, Any], trust: bool = True) -> LoadedModel:
+    """Rebuild the eval-mode model (never downloading pretrained weights) from a loaded checkpoint dict.
+
+    ``trust=False`` skips the checkpoint's trust section (an empty :class:`Trust`, and no warning that it is
+    missing): for ``training.calibrate``, which is about to fit a new one."""
     model_cfg, data_cfg, severity = configs_from_checkpoint(checkpoint)
     model = FusionModel(model_cfg, data_cfg.image_size, pretrained=False)
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     return LoadedModel(model, model_cfg, data_cfg, severity, dict(checkpoint.get("provenance", {})),
-                       Trust.from_checkpoint(checkpoint, severity))
+                       Trust.from_checkpoint(checkpoint, severity) if trust else Trust(None, None, severity))
 
 
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

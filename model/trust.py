@@ -13,11 +13,19 @@ holds the true score with probability at least ``coverage`` (marginally, over le
 subset with fewer than ``MIN_SUBSET_LESIONS`` residuals uses the residuals of all subsets pooled, and the answer's
 ``interval.calibrated_on`` says ``"pooled"``.
 
+**Per predicted band** (Mondrian conformal): the error is not the same everywhere on the scale (near 0 the scores
+cannot be far off; mid-scale lesions are), so when the calibration also stored each residual's predicted score,
+the residuals are narrowed to the calibration lesions whose *predicted* band is the new score's band, if there are
+at least ``MIN_SUBSET_LESIONS`` of them (``calibrated_on``: ``"clinical+dermoscopy, predicted Moderate"``). The
+band is a function of the prediction alone, so the guarantee holds within each band. Checkpoints calibrated
+before the predictions were stored keep the subset-wide residuals.
+
 **Band probabilities**: the same residuals read as a predictive distribution. The true score of a lesion scored
 ``s`` is taken to be ``clip(s + r_i, 0, 1)`` with equal weight for each calibration residual ``r_i`` of its subset;
 a band's probability is the fraction of those values that fall in it (a boundary value belongs to the milder band,
 as in ``model.severity``). This is the empirical distribution the conformal interval is a quantile of, so interval
-and probabilities never disagree about the spread; it assumes the error does not depend on the score itself.
+and probabilities never disagree about the spread; it assumes the error does not depend on the score within the
+residuals used (the predicted band's, below, where there are enough).
 
 **Out of distribution**: each encoder's pooled feature (``FusionOutput.features``) is compared with the training
 lesions' features of that modality by a Mahalanobis distance with a Ledoit-Wolf shrunk covariance, divided by
@@ -78,56 +86,92 @@ def conformal_quantile(abs_residuals: np.ndarray, coverage: float) -> float:
     return float(np.sort(abs_residuals)[rank - 1])
 
 
+def band_index(scores: np.ndarray | float, severity: SeverityConfig) -> np.ndarray:
+    """Index into ``LABELS`` of each score's band (a boundary value belongs to the milder band, as in
+    ``model.severity``)."""
+    return np.searchsorted([severity.mild_max, severity.moderate_max], scores, side="left")
+
+
 def band_probabilities(score: float, residuals: np.ndarray, severity: SeverityConfig) -> dict[str, float]:
     """``{Mild, Moderate, Severe}``: the fraction of ``clip(score + r, 0, 1)`` in each band (see module doc)."""
-    values = np.clip(score + residuals, 0.0, 1.0)
-    # severity_index for every value at once: the number of band limits strictly below the value.
-    bands = np.searchsorted([severity.mild_max, severity.moderate_max], values, side="left")
+    bands = band_index(np.clip(score + residuals, 0.0, 1.0), severity)
     counts = np.bincount(bands, minlength=len(LABELS))
-    return {label: float(c) / len(values) for label, c in zip(LABELS, counts, strict=True)}
+    return {label: float(c) / len(residuals) for label, c in zip(LABELS, counts, strict=True)}
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Signed residuals (true - predicted) per subset and the coverage their intervals promise."""
+    """Signed residuals (true - predicted) per subset, optionally the predicted scores they belong to, and the
+    coverage their intervals promise."""
 
     coverage: float
     residuals: dict[str, np.ndarray]
     min_lesions: int = MIN_SUBSET_LESIONS
+    predictions: dict[str, np.ndarray] | None = None
+    """Per subset, the predicted score of each residual (same order); None in checkpoints calibrated before."""
 
     @property
     def pooled(self) -> np.ndarray:
         return np.concatenate([r for r in self.residuals.values()]) if self.residuals else np.zeros(0)
 
-    def residuals_for(self, subset: str) -> tuple[np.ndarray, str]:
-        """The residuals an answer for ``subset`` uses and their name (the subset, or ``"pooled"``)."""
+    def residuals_for(self, subset: str, score: float | None = None,
+                      severity: SeverityConfig | None = None) -> tuple[np.ndarray, str]:
+        """The residuals an answer for ``subset`` (and, given ``score`` and ``severity``, that score's predicted
+        band) uses, and their name: ``"clinical, predicted Mild"``, the subset, or ``"pooled"``."""
         own = self.residuals.get(subset)
-        if own is not None and len(own) >= self.min_lesions:
+        if own is None or len(own) < self.min_lesions:
+            return self.pooled, POOLED
+        predicted = (self.predictions or {}).get(subset)
+        if score is None or severity is None or predicted is None:
             return own, subset
-        return self.pooled, POOLED
+        band = int(band_index(score, severity))
+        same = own[band_index(predicted, severity) == band]
+        if len(same) < self.min_lesions:
+            return own, subset
+        return same, f"{subset}, predicted {LABELS[band]}"
 
     def half_width(self, subset: str) -> float:
         return conformal_quantile(np.abs(self.residuals_for(subset)[0]), self.coverage)
 
+    def band_half_widths(self, subset: str, severity: SeverityConfig) -> dict[str, float]:
+        """``{band: half-width}`` for a score predicted in each band (for provenance and logs)."""
+        centres = {"Mild": severity.mild_max / 2, "Moderate": (severity.mild_max + severity.moderate_max) / 2,
+                   "Severe": (severity.moderate_max + 1.0) / 2}
+        return {band: conformal_quantile(np.abs(self.residuals_for(subset, s, severity)[0]), self.coverage)
+                for band, s in centres.items()}
+
     def to_dict(self) -> dict[str, Any]:
-        return {"coverage": self.coverage, "min_lesions": self.min_lesions,
-                "residuals": {k: [float(x) for x in v] for k, v in self.residuals.items()}}
+        out: dict[str, Any] = {"coverage": self.coverage, "min_lesions": self.min_lesions,
+                               "residuals": {k: [float(x) for x in v] for k, v in self.residuals.items()}}
+        if self.predictions is not None:
+            out["predictions"] = {k: [float(x) for x in v] for k, v in self.predictions.items()}
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
+        predictions = d.get("predictions")
         return cls(float(d["coverage"]), {k: np.asarray(v, dtype=np.float64) for k, v in d["residuals"].items()},
-                   int(d.get("min_lesions", MIN_SUBSET_LESIONS)))
+                   int(d.get("min_lesions", MIN_SUBSET_LESIONS)),
+                   {k: np.asarray(v, dtype=np.float64) for k, v in predictions.items()} if predictions else None)
 
 
 def fit_calibration(residuals: Mapping[str, Sequence[float]], coverage: float = DEFAULT_COVERAGE,
-                    min_lesions: int = MIN_SUBSET_LESIONS) -> Calibration:
-    """Residuals per subset (true - predicted) -> a :class:`Calibration`."""
+                    min_lesions: int = MIN_SUBSET_LESIONS,
+                    predictions: Mapping[str, Sequence[float]] | None = None) -> Calibration:
+    """Residuals per subset (true - predicted), optionally with the predicted scores -> a :class:`Calibration`."""
     if not 0.0 < coverage < 1.0:
         raise ValueError(f"coverage must be in (0, 1), got {coverage}; e.g. 0.9 for a 90 % interval")
     kept = {k: np.asarray(v, dtype=np.float64) for k, v in residuals.items() if len(v)}
     if not kept:
         raise ValueError("no calibration residuals: the calibration data has no labelled lesion")
-    return Calibration(coverage, kept, min_lesions)
+    scores = None
+    if predictions is not None:
+        scores = {k: np.asarray(predictions[k], dtype=np.float64) for k in kept}
+        wrong = [k for k in kept if scores[k].shape != kept[k].shape]
+        if wrong:
+            raise ValueError(f"predictions of subset {wrong[0]} do not pair with its residuals "
+                             f"({scores[wrong[0]].shape} vs {kept[wrong[0]].shape})")
+    return Calibration(coverage, kept, min_lesions, scores)
 
 
 # ------------------------------------------------------------------------------------------ out of distribution
@@ -294,7 +338,7 @@ class Trust:
 
         fields = dict(NULL_FIELDS)
         if self.calibration is not None:
-            residuals, source = self.calibration.residuals_for(subset)
+            residuals, source = self.calibration.residuals_for(subset, score, self.severity)
             q = conformal_quantile(np.abs(residuals), self.calibration.coverage)
             fields["interval"] = {"low": r(max(0.0, score - q)), "high": r(min(1.0, score + q)),
                                   "coverage": self.calibration.coverage, "calibrated_on": source}

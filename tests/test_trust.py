@@ -179,3 +179,70 @@ def test_fusion_model_returns_each_encoders_feature_with_zeros_for_absent_rows(t
         assert not out.features[1, 1].any() and not out.features[0, 2].any()
         alone = tiny_model(*images[:, 1:], mask[1:])
     torch.testing.assert_close(out.features[1:], alone.features, rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ per predicted band
+
+
+def heteroscedastic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, true - predicted): the error's spread depends on the predicted band (0.02 Mild, 0.12 Moderate,
+    0.06 Severe), as a model's does when low scores cannot be far off."""
+    rng = np.random.default_rng(seed)
+    predicted = rng.uniform(0.0, 1.0, n)
+    spread = np.select([predicted <= 0.25, predicted <= 0.60], [0.02, 0.12], 0.06)
+    true = np.clip(predicted + rng.normal(0.0, 1.0, n) * spread, 0.0, 1.0)  # scores live in [0, 1]
+    return predicted, true - predicted
+
+
+def test_the_interval_uses_the_residuals_of_lesions_predicted_in_the_same_band():
+    predicted, residuals = heteroscedastic(400, seed=1)
+    cal = fit_calibration({"clinical": residuals}, 0.9, predictions={"clinical": predicted})
+    trust = Trust(cal, None, SEVERITY)
+    moderate = (predicted > 0.25) & (predicted <= 0.60)
+    for score, band, in_band in ((0.1, "Mild", predicted <= 0.25), (0.4, "Moderate", moderate),
+                                 (0.8, "Severe", predicted > 0.6)):
+        own = np.sort(np.abs(residuals[in_band]))
+        q = own[math.ceil((len(own) + 1) * 0.9) - 1]  # the textbook split-conformal rank
+        (fields,) = trust.assess([score], torch.zeros(1, 3, 8), torch.tensor([[True, False, False]]))
+        assert fields["interval"]["calibrated_on"] == f"clinical, predicted {band}"
+        assert fields["interval"]["low"] == pytest.approx(max(0.0, score - q))
+        assert fields["interval"]["high"] == pytest.approx(min(1.0, score + q))
+        shares = np.bincount(np.searchsorted([0.25, 0.6], np.clip(score + residuals[in_band], 0, 1), side="left"),
+                             minlength=3) / in_band.sum()
+        assert [fields["severity_probabilities"][k] for k in LABELS] == pytest.approx(shares.tolist())
+
+
+def test_per_band_intervals_cover_every_band_where_one_width_for_all_does_not():
+    predicted, residuals = heteroscedastic(3000, seed=2)
+    banded = fit_calibration({"clinical": residuals}, 0.9, predictions={"clinical": predicted})
+    single = fit_calibration({"clinical": residuals}, 0.9)
+    test_predicted, test_residuals = heteroscedastic(20000, seed=3)
+    present = torch.tensor([[True, False, False]]).expand(len(test_predicted), 3)
+    features = torch.zeros(len(test_predicted), 3, 8)
+    coverage = {}
+    for name, cal in (("banded", banded), ("single", single)):
+        fields = Trust(cal, None, SEVERITY).assess(test_predicted.tolist(), features, present)
+        low = np.array([f["interval"]["low"] for f in fields])
+        high = np.array([f["interval"]["high"] for f in fields])
+        truth = test_predicted + test_residuals
+        hit = (truth >= low) & (truth <= high)
+        bands = np.searchsorted([0.25, 0.6], test_predicted, side="left")
+        coverage[name] = [hit[bands == b].mean() for b in range(3)]
+    assert all(0.87 <= c <= 0.93 for c in coverage["banded"]), coverage
+    assert min(coverage["single"]) < 0.85 and max(coverage["single"]) > 0.95, coverage  # Moderate under, Mild over
+
+
+def test_a_band_with_few_calibration_lesions_uses_the_whole_subset_and_old_calibrations_still_load():
+    predicted, residuals = heteroscedastic(400, seed=4)
+    predicted[predicted > 0.6] = 0.5  # no lesion predicted Severe
+    cal = fit_calibration({"clinical": residuals}, 0.9, predictions={"clinical": predicted})
+    assert cal.residuals_for("clinical", 0.9, SEVERITY)[1] == "clinical"
+    assert cal.residuals_for("clinical", 0.1, SEVERITY)[1] == "clinical, predicted Mild"
+    old = cal.to_dict()
+    del old["predictions"]  # a checkpoint calibrated before the predictions were stored
+    restored = Calibration.from_dict(old)
+    assert restored.predictions is None and restored.residuals_for("clinical", 0.1, SEVERITY)[1] == "clinical"
+    assert Calibration.from_dict(cal.to_dict()).residuals_for("clinical", 0.1, SEVERITY)[1] == \
+        "clinical, predicted Mild"
+    with pytest.raises(ValueError, match="predictions of subset clinical do not pair"):
+        fit_calibration({"clinical": residuals}, 0.9, predictions={"clinical": predicted[:10]})

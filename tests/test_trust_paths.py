@@ -54,6 +54,16 @@ def test_calibrated_checkpoint_is_weights_only_and_its_provenance_names_pooled_s
     assert {k: len(v) for k, v in residuals.items()} == counts
 
 
+def test_each_stored_prediction_plus_its_residual_is_a_calibration_lesions_label(tiny_checkpoint, trust_data):
+    calibration = torch.load(tiny_checkpoint, weights_only=True)["trust"]["calibration"]
+    truth = np.array(sorted(labels(trust_data).values()))
+    for subset, residuals in calibration["residuals"].items():
+        predicted = np.asarray(calibration["predictions"][subset])
+        assert len(predicted) == len(residuals) and ((predicted >= 0) & (predicted <= 1)).all()
+        implied = predicted + np.asarray(residuals)
+        assert np.abs(implied[:, None] - truth[None, :]).min(axis=1).max() < 1e-6, subset
+
+
 def test_interval_half_width_is_the_conformal_quantile_of_the_calibration_residuals(predictor, tiny_checkpoint):
     checkpoint = load_checkpoint(tiny_checkpoint)
     residuals = checkpoint["trust"]["calibration"]["residuals"]
@@ -169,3 +179,12 @@ def test_recalibrating_at_a_lower_coverage_narrows_the_interval(uncalibrated_che
 def test_every_modality_has_a_fitted_feature_distribution(tiny_checkpoint):
     ood = torch.load(tiny_checkpoint, weights_only=True)["trust"]["ood"]
     assert set(ood["modalities"]) == set(MODALITIES)
+
+
+def test_calibrating_an_uncalibrated_checkpoint_does_not_warn_that_it_lacks_calibration(uncalibrated_checkpoint,
+                                                                                         trust_data, caplog):
+    from training.calibrate import calibrate_checkpoint
+
+    with caplog.at_level("WARNING", logger="model.trust"):
+        calibrated = calibrate_checkpoint(load_checkpoint(uncalibrated_checkpoint), trust_data)
+    assert "calibration" in calibrated["trust"] and "has no calibration" not in caplog.text

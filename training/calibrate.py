@@ -99,6 +99,11 @@ def residuals_by_subset(scored: Scored) -> dict[str, np.ndarray]:
     return {k: (scored.true - v)[~np.isnan(v)] for k, v in scored.subsets.items()}
 
 
+def predictions_by_subset(scored: Scored) -> dict[str, np.ndarray]:
+    """The predicted scores behind :func:`residuals_by_subset`, in the same order."""
+    return {k: v[~np.isnan(v)] for k, v in scored.subsets.items()}
+
+
 def training_features(scored: Scored) -> dict[str, np.ndarray]:
     """``{modality: [N_m, D]}``: the features of the lesions that have each modality."""
     return {m: scored.features[scored.present[:, i], i].numpy() for i, m in enumerate(MODALITIES)}
@@ -121,7 +126,7 @@ def fit_trust(model: torch.nn.Module, data_cfg, severity, fit_lesions: list[Lesi
                                                                           device)))
     scored = score_lesions(model, calibration_lesions, data_cfg, batch_size, device)
     residuals = residuals_by_subset(scored)
-    calibration = fit_calibration(residuals, coverage)
+    calibration = fit_calibration(residuals, coverage, predictions=predictions_by_subset(scored))
     distances = OODDetector(distributions, {}, 0.0).distances(scored.features).numpy()  # [N, M]
     ood = thresholds_from(distributions, distances, scored.present.numpy(), OOD_QUANTILE)
     counts = {k: len(v) for k, v in residuals.items()}
@@ -133,6 +138,7 @@ def fit_trust(model: torch.nn.Module, data_cfg, severity, fit_lesions: list[Lesi
         "pooled_fallback": sorted(k for k, n in counts.items() if n < MIN_SUBSET_LESIONS),
         "min_lesions": MIN_SUBSET_LESIONS,
         "half_widths": {k: calibration.half_width(k) for k in counts},
+        "band_half_widths": {k: calibration.band_half_widths(k, severity) for k in counts},
         "ood_quantile": OOD_QUANTILE,
         "ood_thresholds": dict(ood.thresholds),
         "ood_lesions_per_subset": {k: int(scored.present[:, [MODALITIES.index(m) for m in k.split("+")]].all(1).sum())
@@ -157,7 +163,7 @@ def band_frequencies(lesions: list[Lesion], severity) -> dict[str, float]:
 def calibrate_checkpoint(checkpoint: dict[str, Any], data: Path, coverage: float = DEFAULT_COVERAGE,
                          device: str = "cpu") -> dict[str, Any]:
     """A copy of ``checkpoint`` with a fresh ``"trust"`` section fitted on ``data`` (see the module doc)."""
-    loaded: LoadedModel = model_from_checkpoint(checkpoint)
+    loaded: LoadedModel = model_from_checkpoint(checkpoint, trust=False)
     loaded.model.to(device)
     index = index_dataset(data)
     if not index.lesions:

@@ -370,7 +370,7 @@ def calibrate_best(path: Path, loaders: Loaders, device: torch.device) -> None:
     """Add the ``trust`` section to the best checkpoint: features of the run's training lesions, residuals and
     thresholds of its calibration lesions (``data.calibration_fraction``), else of its validation lesions."""
     checkpoint = load_checkpoint(path)
-    loaded = model_from_checkpoint(checkpoint)
+    loaded = model_from_checkpoint(checkpoint, trust=False)
     loaded.model.to(device)
     started = time.time()
     held_out = loaders.calibration or loaders.val.dataset.lesions
