@@ -39,18 +39,16 @@ if [[ ! -f $RUN/.complete ]]; then
     for override in ${PIGMENT_DEMO_SET:-}; do train_args+=(--set "$override"); done
     # --processes auto: data parallel over the cores, one thread each (the small demo model gains nothing from a
     # second thread, but a second process nearly halves the epoch: docs/training.md).
-    # --no-calibration: the next step calibrates on lesions of another seed; fitting the validation lesions' own
-    # interval first would only be overwritten (30 s).
     step "training the demo model ($CONFIG) into $RUN ${train_args[*]}"
-    $PY -m training.train --config "$CONFIG" --data "$DATA" --out "$RUN" --processes auto --no-calibration \
-        "${train_args[@]}"
+    $PY -m training.train --config "$CONFIG" --data "$DATA" --out "$RUN" --processes auto "${train_args[@]}"
     touch "$RUN/.complete"
 else
     step "reusing the trained model $RUN/best_model.pth"
 fi
 
-# Calibrating on the validation lesions, which also chose the checkpoint, gives intervals that under-cover
-# (docs/trust.md): the demo calibrates on lesions of another seed that neither trained nor selected it.
+# Training calibrates on its validation lesions, which also chose the checkpoint: such intervals under-cover
+# (docs/trust.md). The demo recalibrates on lesions of another seed that neither trained nor selected it,
+# keeping the training lesions' feature distributions that the out-of-distribution score measures against.
 if [[ ! -f $RUN/.calibrated || $RUN/best_model.pth -nt $RUN/.calibrated ]]; then
     if [[ ! -f $CALIBRATION/labels.csv ]]; then
         step "generating $N_CALIBRATION calibration lesions (seed 6, never trained on) in $CALIBRATION"

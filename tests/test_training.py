@@ -28,8 +28,8 @@ def synth_data(tmp_path_factory) -> Path:
                           dermoscopy_size=64)
 
 
-def run(data: Path, out: Path, *extra: str, resume: bool = False, flags: tuple[str, ...] = ()) -> list[dict]:
-    argv = ["--data", str(data), "--out", str(out), "--quiet", *flags]
+def run(data: Path, out: Path, *extra: str, resume: bool = False) -> list[dict]:
+    argv = ["--data", str(data), "--out", str(out), "--quiet"]
     argv += [] if resume else ["--config", str(Path(train.__file__).parent / "configs" / "demo.yaml")]
     for item in [*TINY_RUN, *extra]:
         argv += ["--set", item]
@@ -113,12 +113,6 @@ def test_training_ends_by_calibrating_the_best_checkpoint_on_its_own_held_out_le
     assert summary["method"] == "the run's validation split"
     assert summary["calibration_lesions"] == len(checkpoint["provenance"]["split"]["val"])
     assert load_for_inference(out / "best_model.pth").trust.calibration is not None
-
-
-def test_no_calibration_leaves_the_trust_section_to_training_calibrate(synth_data, tmp_path):
-    run(synth_data, tmp_path, "training.epochs=1", flags=("--no-calibration",))
-    checkpoint = torch.load(tmp_path / "best_model.pth", weights_only=True)
-    assert "trust" not in checkpoint and "calibration" not in checkpoint["provenance"]
 
 
 def test_a_calibration_split_is_kept_out_of_training_and_validation(synth_data, tmp_path):

@@ -5,8 +5,7 @@ Writes to RUN_DIR:
 * ``config.yaml``      the resolved configuration (every default filled in)
 * ``best_model.pth``   the checkpoint with the lowest validation loss (the model to evaluate, export and serve);
   after the last epoch it gains its ``trust`` section (``training.calibrate.fit_trust``: the training lesions'
-  encoder features, the validation lesions' residuals per modality subset and out-of-distribution thresholds),
-  unless ``--no-calibration`` leaves that to ``training.calibrate`` on other labelled data (as ``make serve`` does)
+  encoder features, the validation lesions' residuals per modality subset and out-of-distribution thresholds)
 * ``last.pth``         the latest completed epoch, plus optimizer/RNG state and history, for ``--resume``
 * ``history.csv``      epoch, train_loss, val_loss, val_mae, lr, seconds
 
@@ -84,10 +83,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override a config value, e.g. --set training.epochs=3 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pth")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--no-calibration", dest="calibrate", action="store_false",
-                   help="leave the best checkpoint without its trust section (interval, band probabilities, OOD "
-                        "thresholds) for `python -m training.calibrate` to add on other labelled data; answers "
-                        "carry those fields as null until then")
     p.add_argument("--processes", default="1", metavar="N|auto",
                    help="data-parallel processes on this machine (default 1); auto: one per GPU, else one per CPU "
                         "core, at most 2 (a small model trains faster in 2 one-thread processes than in one)")
@@ -123,7 +118,7 @@ def main(argv: list[str] | None = None) -> Path | int:
         if cfg.training.channels_last:
             model = model.to(memory_format=torch.channels_last)
         fit(model, loaders, cfg, args.out, device, resume=args.resume, progress=not args.quiet, env=env)
-        if env.is_main and args.calibrate:
+        if env.is_main:
             calibrate_best(args.out / "best_model.pth", loaders, device)
         ok = True
     finally:
