@@ -46,8 +46,8 @@ class DataConfig:
     ``ms_mean``/``ms_std`` normalize the pseudo-multispectral (H, S, L) view, whose channels are each scaled to
     [0, 1] first; ImageNet statistics describe RGB photos and do not fit those channels. ``jpeg_draft`` is part
     of the decode policy, so training and serving use the same one. ``color_constancy`` is the Minkowski norm ``p``
-    of shades-of-grey colour constancy applied to every view before normalization (0 = off; see
-    :func:`model.preprocessing.shades_of_grey`): it divides out a capture's global gain and colour cast.
+    of shades-of-grey colour constancy applied before normalization to the views in ``color_constancy_views``
+    (0 = off; see :func:`model.preprocessing.shades_of_grey`): it divides out a capture's global gain and colour cast.
     """
 
     image_size: int = 224
@@ -59,11 +59,17 @@ class DataConfig:
     jpeg_draft: bool = True
     """Decode JPEGs at a reduced DCT scale close to ``image_size`` (much faster for phone photos)."""
     color_constancy: float = 0.0
+    color_constancy_views: tuple[str, ...] = MODALITIES
+    """The modalities ``color_constancy`` applies to (a simulated multispectral view counts as multispectral)."""
 
     def __post_init__(self) -> None:
         if self.color_constancy != 0 and not 1.0 <= self.color_constancy <= 16.0:
             raise ValueError(f"data.color_constancy is a Minkowski norm p in [1, 16] (1 = grey world, 6 = shades of "
                              f"grey) or 0 for off, got {self.color_constancy}")
+        unknown = sorted(set(self.color_constancy_views) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"data.color_constancy_views: unknown modality {unknown[0]!r}; expected some of "
+                             f"{MODALITIES}")
 
 
 @dataclass(frozen=True)

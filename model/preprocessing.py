@@ -166,7 +166,7 @@ def image_to_tensor(img: Image.Image, modality: str, cfg: DataConfig) -> torch.T
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     rgb = np.asarray(img, dtype=np.float32) / 255.0  # [S, S, 3]
-    if cfg.color_constancy:
+    if cfg.color_constancy and modality in cfg.color_constancy_views:
         rgb = shades_of_grey(rgb, cfg.color_constancy)
     if modality == "multispectral":
         channels, mean, std = pseudo_multispectral(rgb), cfg.ms_mean, cfg.ms_std
