@@ -267,3 +267,22 @@ def test_with_colour_constancy_a_capture_gain_and_colour_cast_cancel(modality):
 def test_an_invalid_colour_constancy_norm_is_refused_naming_the_key(p):
     with pytest.raises(ValueError, match=r"data\.color_constancy.*\[1, 16\].*0 for off"):
         DataConfig(color_constancy=p)
+
+
+def test_colour_constancy_applies_only_to_the_views_it_names():
+    pixels = two_tone(np.array([90, 60, 40]), np.array([200, 150, 120]))
+    data = encode(Image.fromarray(pixels))
+    both = DataConfig(image_size=SIZE, color_constancy=6)
+    close = DataConfig(image_size=SIZE, color_constancy=6, color_constancy_views=("dermoscopy", "multispectral"))
+    np.testing.assert_array_equal(preprocess_bytes(data, "clinical", close).numpy(),
+                                  preprocess_bytes(data, "clinical", CFG).numpy())  # untouched
+    for modality in ("dermoscopy", "multispectral"):
+        np.testing.assert_array_equal(preprocess_bytes(data, modality, close).numpy(),
+                                      preprocess_bytes(data, modality, both).numpy())
+    assert not np.array_equal(preprocess_bytes(data, "clinical", both).numpy(),
+                              preprocess_bytes(data, "clinical", CFG).numpy())
+
+
+def test_an_unknown_colour_constancy_view_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"data\.color_constancy_views: unknown modality 'derm'"):
+        DataConfig(color_constancy=6, color_constancy_views=("derm",))
