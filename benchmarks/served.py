@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 import requests
@@ -25,6 +25,26 @@ from serving.archive import build_mar, model_config
 from serving.torchserve import LocalTorchServe, Ports
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class FirstAnswer(NamedTuple):
+    headers: dict[str, str]  # the inference key's Authorization header, for every later request
+    answer: dict[str, Any]
+    seconds: float  # from ``started`` to the first answer
+    workers: list[psutil.Process]  # the server's model workers
+
+
+def first_answer(server: LocalTorchServe, url: str, body: Body, started: float, who: str = "") -> FirstAnswer:
+    """Ask a just-started server its first request (raising with its log tail unless it answers 200), and find
+    its model workers, whose CPU and memory the benchmarks measure."""
+    headers = server.auth()
+    first = requests.post(url, data=body.data, timeout=300, headers={**headers, "Content-Type": body.content_type})
+    seconds = time.perf_counter() - started
+    if first.status_code != 200:
+        raise RuntimeError(f"{who}first request answered {first.status_code}: {first.text}\n{server.log_tail()}")
+    workers = [p for p in psutil.Process(server.server_pid()).children(recursive=True)
+               if "model_service_worker" in " ".join(p.cmdline())]
+    return FirstAnswer(headers, first.json(), seconds, workers)
 
 
 def load(url: str, bodies: list[Body], count: int, concurrency: int, duration: float,
@@ -105,14 +125,7 @@ def run_torchserve(checkpoint: Path, bodies: list[dict[str, bytes]], variant: Va
     start = time.perf_counter()
     server.start(timeout=600)
     try:
-        headers = server.auth()
-        first = requests.post(url, data=multipart[0].data, timeout=300,
-                              headers={**headers, "Content-Type": multipart[0].content_type})
-        first_answer_s = time.perf_counter() - start
-        if first.status_code != 200:
-            raise RuntimeError(f"first request answered {first.status_code}: {first.text}\n{server.log_tail()}")
-        workers = [p for p in psutil.Process(server.server_pid()).children(recursive=True)
-                   if "model_service_worker" in " ".join(p.cmdline())]
+        headers, _, first_answer_s, workers = first_answer(server, url, multipart[0], start)
         meter = CpuMeter(server.server_pid(), [w.pid for w in workers])
         warm_start = time.perf_counter()
         warm = load(url, multipart, args.warmup_requests, 8, args.warmup_seconds, headers, f"{variant.name} warm-up")

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import requests
 import torch
 
 from benchmarks.cpu_meter import CpuMeter
 from benchmarks.loadgen import load_summary, run_load
 from benchmarks.readout import make_checkpoint
+from benchmarks.served import first_answer
 from benchmarks.workload import machine, make_requests, multipart_bodies, request_sizes, served_variant
 from model.checkpoint import load_checkpoint, save_checkpoint
 from serving.archive import build_mar
@@ -146,17 +146,9 @@ def serve_once(arm: str, store: Path, run_dir: Path, bodies: list, args: argpars
     start = time.perf_counter()
     server.start(timeout=600)
     try:
-        headers = server.auth()
-        first = requests.post(url, data=bodies[0].data, timeout=300,
-                              headers={**headers, "Content-Type": bodies[0].content_type})
-        first_s = time.perf_counter() - start
-        if first.status_code != 200:
-            raise RuntimeError(f"{arm}: first request answered {first.status_code}: {first.text}\n{server.log_tail()}")
-        answer = first.json()
+        headers, answer, first_s, workers = first_answer(server, url, bodies[0], start, f"{arm}: ")
         if ("quality_warnings" in answer) != (arm == "new"):
             raise RuntimeError(f"{arm}: the answer {sorted(answer)} is not from this arm's code")
-        workers = [p for p in psutil.Process(server.server_pid()).children(recursive=True)
-                   if "model_service_worker" in " ".join(p.cmdline())]
         rss_loaded = [p.memory_info().rss for p in workers]
         meter = CpuMeter(server.server_pid(), [w.pid for w in workers])
         with RssSampler(workers) as rss:
