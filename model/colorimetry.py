@@ -354,9 +354,9 @@ def measure(image: np.ndarray, constants: SeverityConstants = SEVERITY) -> Color
             skin, or no skin is left around it. ``.reason`` says which.
     """
     rgb = _rgb_array(image)
-    work = _working_copy(rgb)
+    work = working_copy(rgb)
     lab = rgb_to_lab(work)
-    lesion, skin = _lesion_and_skin(work, lab)
+    lesion, skin, _ = _lesion_and_skin(work, lab)
     area_fraction = float(lesion.mean())
     lesion_lab, skin_lab = _mean(lab, lesion), _mean(lab, skin)
     delta_L = float(skin_lab[0] - lesion_lab[0])
@@ -365,7 +365,7 @@ def measure(image: np.ndarray, constants: SeverityConstants = SEVERITY) -> Color
     ita = ita_degrees(float(skin_lab[0]), float(skin_lab[2]))
     scores = severity_scores(area_fraction, relative_deficit, lesion_L_std / float(skin_lab[0]), constants)
     return ColorimetryResult(
-        mask=_resize_mask(lesion, rgb.shape[:2]),
+        mask=resize_mask(lesion, rgb.shape[:2]),
         area_fraction=area_fraction,
         lesion_lab=tuple(float(v) for v in lesion_lab),
         skin_lab=tuple(float(v) for v in skin_lab),
@@ -383,24 +383,32 @@ def measure(image: np.ndarray, constants: SeverityConstants = SEVERITY) -> Color
 
 def lesion_mask(image: np.ndarray, side: int = WORK_SIDE) -> np.ndarray:
     """The lesion mask ``[H, W]`` bool that :func:`measure` returns for ``image``, and the same
-    :class:`SegmentationError` when it finds none, without measuring the lesion's colour, texture and severity
-    (what ``model.quality`` needs, in every served answer).
+    :class:`SegmentationError` when it finds none, without measuring the lesion's colour, texture and severity.
 
     ``side`` < WORK_SIDE segments a smaller working copy (longest side at most ``side``) with the filters scaled
     to it: several times cheaper, and nearly the same mask (docs/trust.md, "The lesion checks at 128 px"), still
     returned at the input's size.
     """
     rgb = _rgb_array(image)
-    work = _working_copy(rgb, side)
-    lightness = cv2.cvtColor(work, cv2.COLOR_RGB2Lab)[..., 0]
-    lesion, _ = _lesion_and_skin(work, lightness, side / WORK_SIDE)
-    return _resize_mask(lesion, rgb.shape[:2])
+    work = working_copy(rgb, side)
+    lesion, _ = find_lesion(work, cv2.cvtColor(work, cv2.COLOR_RGB2Lab), side / WORK_SIDE)
+    return resize_mask(lesion, rgb.shape[:2])
 
 
-def _lesion_and_skin(work: np.ndarray, lab: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def find_lesion(work: np.ndarray, lab: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, float]:
+    """A working copy (:func:`working_copy`) and its CIELAB ``[h, w, 3]`` -> the lesion mask ``[h, w]`` bool and its
+    relative contrast ``(skin L* - lesion L*) / skin L*`` (how much darker than the skin around it), or the
+    :class:`SegmentationError` of :func:`measure`. ``scale``: the copy's nominal side / WORK_SIDE (what
+    ``model.quality`` needs in every served answer)."""
+    lesion, _, contrast = _lesion_and_skin(work, lab[..., 0], scale)
+    return lesion, contrast
+
+
+def _lesion_and_skin(work: np.ndarray, lab: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, float]:
     """Working copy ``[h, w, 3]`` and its CIELAB ``[h, w, 3]`` (or only L* ``[h, w]``) -> (lesion, surrounding skin)
-    ``[h, w]`` bool, or the :class:`SegmentationError` of an empty, whole-image, low-contrast or skinless mask.
-    ``scale``: the working copy's nominal side / WORK_SIDE (:func:`segment_lesion`)."""
+    ``[h, w]`` bool and the relative contrast ``(skin L* - lesion L*) / skin L*``, or the :class:`SegmentationError`
+    of an empty, whole-image, low-contrast or skinless mask. ``scale``: the working copy's nominal side / WORK_SIDE
+    (:func:`segment_lesion`)."""
     lesion, dark = segment_lesion(work, scale)
     area_fraction = float(lesion.mean())
     if area_fraction < MIN_AREA_FRACTION:
@@ -409,9 +417,10 @@ def _lesion_and_skin(work: np.ndarray, lab: np.ndarray, scale: float = 1.0) -> t
         raise SegmentationError("whole image", f"area fraction {area_fraction:.3f} > {MAX_AREA_FRACTION}")
     skin = skin_ring(lesion, dark, scale)
     lesion_L, skin_L = float(_mean(lab, lesion)[0]), float(_mean(lab, skin)[0])
-    if (skin_L - lesion_L) / max(skin_L, 1e-6) < MIN_RELATIVE_CONTRAST:
+    contrast = (skin_L - lesion_L) / max(skin_L, 1e-6)
+    if contrast < MIN_RELATIVE_CONTRAST:
         raise SegmentationError("low contrast", f"lesion L* {lesion_L:.1f} vs skin L* {skin_L:.1f}")
-    return lesion, skin
+    return lesion, skin, contrast
 
 
 def _mean(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -446,7 +455,7 @@ def _rgb_array(image: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def _working_copy(rgb: np.ndarray, side: int = WORK_SIDE) -> np.ndarray:
+def working_copy(rgb: np.ndarray, side: int = WORK_SIDE) -> np.ndarray:
     """uint8 RGB -> float32 in [0, 1], longest side at most ``side`` (area-averaged, so noise shrinks too)."""
     h, w = rgb.shape[:2]
     factor = side / max(h, w)
@@ -467,7 +476,7 @@ def _robust_std(values: np.ndarray) -> float:
     return float(p84 - p16) / 2.0
 
 
-def _resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+def resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     if mask.shape == hw:
         return mask
     return cv2.resize(mask.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 0

@@ -44,6 +44,15 @@ UNDER_MEDIAN = 0.15
 OVER_MEDIAN = 0.92
 LESION_SIDE = colorimetry.WORK_SIDE // 2
 """Longest side of the copy the lesion checks segment (``colorimetry.lesion_mask(..., side=LESION_SIDE)``)."""
+APPEARANCE: tuple[str, ...] = ("log_illuminant_r", "log_illuminant_g", "log_illuminant_b", "spread_L", "spread_a",
+                                "spread_b", "lesion_contrast")
+"""What :func:`check` also measures of a view for the out-of-distribution score (``model.trust``): the light and
+scene's colour and brightness (the shades-of-grey illuminant estimate with ``ILLUMINANT_P``, per channel, log), the
+standard deviations of CIELAB L*, a* and b* over the image, and the lesion's relative contrast
+``(skin L* - lesion L*) / skin L*`` (0 when no lesion is found). Colour constancy divides the first ones out before
+the encoders see the image (``model.preprocessing``), so the encoder features alone cannot tell a flat field of
+any colour, or bare skin, from the skin around a small lesion."""
+ILLUMINANT_P = 6
 MIN_LESION_AREA: dict[str, float] = {"clinical": 0.002, "dermoscopy": 0.01, "multispectral": 0.01}
 """Lesion area / image area below which a lesion is "too small" to read, per modality (a clinical photo frames a
 lesion much smaller than a dermoscope does)."""
@@ -60,6 +69,7 @@ class QualityReport:
     lesion_area: float | None  # None: no lesion found
     touches_border: bool
     warnings: tuple[str, ...]
+    appearance: tuple[float, ...] = ()  # APPEARANCE, in that order
 
 
 def check(image: Image.Image, modality: str) -> QualityReport:
@@ -68,7 +78,9 @@ def check(image: Image.Image, modality: str) -> QualityReport:
     grey = cv2.cvtColor(_unit_float(pixels), cv2.COLOR_RGB2GRAY)
     blur = blur_measure(grey)
     median, dark, bright = exposure(pixels)
-    area, touches = _lesion(pixels)
+    small = colorimetry.working_copy(pixels, LESION_SIDE)  # float32 in [0, 1]
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2Lab)
+    area, touches, contrast = _lesion(small, lab, pixels.shape[:2])
     found = {
         "blurred": blur > BLUR_LIMIT.get(modality, max(BLUR_LIMIT.values())),
         "underexposed": dark > CLIPPED_SHARE or median < UNDER_MEDIAN,
@@ -77,7 +89,8 @@ def check(image: Image.Image, modality: str) -> QualityReport:
         "lesion_touches_border": touches,
         "lesion_too_small": area is not None and area < MIN_LESION_AREA.get(modality, 0.0),
     }
-    return QualityReport(blur, median, dark, bright, area, touches, tuple(w for w in WARNINGS if found[w]))
+    return QualityReport(blur, median, dark, bright, area, touches, tuple(w for w in WARNINGS if found[w]),
+                         (*colour_statistics(small, lab), contrast))
 
 
 def warnings_for(images: dict[str, Image.Image]) -> list[dict[str, str]]:
@@ -139,13 +152,22 @@ def reduced(image: Image.Image) -> Image.Image:
     return image
 
 
-def _lesion(pixels: np.ndarray) -> tuple[float | None, bool]:
-    """uint8 RGB ``[H, W, 3]`` -> lesion area fraction (None when ``colorimetry`` finds none, segmenting a copy of
-    ``LESION_SIDE`` px) and whether it reaches the border."""
+def colour_statistics(rgb: np.ndarray, lab: np.ndarray) -> tuple[float, ...]:
+    """Float RGB ``[H, W, 3]`` in [0, 1] and its CIELAB -> the first six of :data:`APPEARANCE`: log of each channel's
+    ``ILLUMINANT_P``-norm mean (floored at 1/255, as black) and the standard deviations of L*, a*, b*."""
+    illuminant = np.power(np.asarray(cv2.mean(cv2.pow(rgb, float(ILLUMINANT_P)))[:3]), 1.0 / ILLUMINANT_P)
+    _, spread = cv2.meanStdDev(lab)
+    return (*(float(v) for v in np.log(np.maximum(illuminant, 1.0 / 255.0))), *(float(v) for v in spread.ravel()))
+
+
+def _lesion(small: np.ndarray, lab: np.ndarray, hw: tuple[int, int]) -> tuple[float | None, bool, float]:
+    """The ``LESION_SIDE`` working copy and its CIELAB -> lesion area fraction at the checked image's size ``hw``
+    (None when ``colorimetry`` finds none), whether it reaches the border, and its relative contrast (0 if none)."""
     try:
-        lesion = colorimetry.lesion_mask(pixels, side=LESION_SIDE)
+        lesion, contrast = colorimetry.find_lesion(small, lab, LESION_SIDE / colorimetry.WORK_SIDE)
     except colorimetry.SegmentationError:
-        return None, False
+        return None, False, 0.0
+    lesion = colorimetry.resize_mask(lesion, hw)
     area = float(lesion.mean())
     edge = np.concatenate([lesion[0], lesion[-1], lesion[:, 0], lesion[:, -1]])
-    return area, bool(edge.any())
+    return area, bool(edge.any()), float(contrast)

@@ -158,3 +158,49 @@ def test_exposure_is_the_median_and_clipped_shares_of_the_8_bit_luma(shape):
     assert median == pytest.approx(np.median(luma) / 255, abs=1e-12)
     assert dark == np.mean(luma <= quality.DARK_LUMA)
     assert bright == np.mean(luma >= quality.BRIGHT_LUMA)
+
+
+# ------------------------------------------------------------------------ the view statistics of the OOD score
+
+
+def textbook_lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB in [0, 1] -> CIE 1976 L*a*b* (D65), from the sRGB and CIELAB definitions: independent of cv2."""
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    t = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def two_tone(skin: tuple[int, int, int], lesion: tuple[int, int, int], side: int = 64) -> tuple[Image.Image, float]:
+    """A 256 x 256 skin image with a ``side``-px lesion square on the 2-px grid (so the checks' 128-px copy keeps
+    exactly two tones) and the lesion's area fraction."""
+    pixels = np.empty((256, 256, 3), dtype=np.uint8)
+    pixels[:] = skin
+    start = (256 - side) // 2
+    pixels[start:start + side, start:start + side] = lesion
+    return Image.fromarray(pixels), side * side / 256 ** 2
+
+
+@pytest.mark.parametrize("skin, lesion", [((205, 160, 135), (95, 60, 45)), ((150, 100, 75), (60, 35, 25))])
+def test_view_statistics_are_the_illuminant_lab_spreads_and_lesion_contrast_of_the_image(skin, lesion):
+    image, f = two_tone(skin, lesion)
+    s, les = np.array(skin) / 255.0, np.array(lesion) / 255.0
+    p = quality.ILLUMINANT_P
+    illuminant = np.log((f * les ** p + (1 - f) * s ** p) ** (1 / p))  # each channel's p-norm mean
+    lab_s, lab_l = textbook_lab(s), textbook_lab(les)
+    spreads = np.abs(lab_s - lab_l) * math.sqrt(f * (1 - f))  # the std of a two-valued variable
+    contrast = (lab_s[0] - lab_l[0]) / lab_s[0]
+    stats = dict(zip(quality.APPEARANCE, quality.check(image, "clinical").appearance, strict=True))
+    np.testing.assert_allclose([stats[f"log_illuminant_{c}"] for c in "rgb"], illuminant, atol=1e-4)
+    np.testing.assert_allclose([stats[f"spread_{c}"] for c in "Lab"], spreads, rtol=0.02, atol=0.05)
+    assert stats["lesion_contrast"] == pytest.approx(contrast, abs=0.005)
+
+
+def test_bare_skin_has_no_lesion_contrast_and_a_flat_field_no_spread():
+    bare = quality.check(lesion_photo(radius=0.0), "clinical")
+    assert "lesion_not_found" in bare.warnings and bare.appearance[quality.APPEARANCE.index("lesion_contrast")] == 0
+    flat = quality.check(Image.new("RGB", (300, 200), (30, 90, 200)), "clinical")
+    spreads = [flat.appearance[quality.APPEARANCE.index(f"spread_{c}")] for c in "Lab"]
+    np.testing.assert_allclose(spreads, 0.0, atol=1e-3)
+    np.testing.assert_allclose(flat.appearance[:3], np.log(np.array([30, 90, 200]) / 255), atol=1e-4)
