@@ -148,7 +148,7 @@ def flagged_share(loaded, named: list[tuple[str, dict[str, bytes]]], batch: int 
     answers = []
     for start in range(0, len(named), batch):
         samples = [scoring.prepare(sources, loaded.data_cfg) for _, sources in named[start:start + batch]]
-        answers += scoring.assess(loaded, scoring.forward_all(loaded.model, samples))
+        answers += scoring.assess(loaded, scoring.forward_all(loaded.model, samples), samples)
     flags = [a["in_distribution"] is False for a in answers]
     return {"n": len(flags), "flagged": round(float(np.mean(flags)), 4),
             "not_flagged": [name for (name, _), f in zip(named, flags, strict=True) if not f][:20],
@@ -185,8 +185,8 @@ def _with_simulation(loaded, lesions, batch: int = 16) -> dict[str, Any]:
     flags = []
     for start in range(0, len(lesions), batch):
         samples = [lesion_sample(x, loaded.data_cfg) for x in lesions[start:start + batch]]
-        flags += [a["in_distribution"] is False for a in scoring.assess(loaded, scoring.forward_all(loaded.model,
-                                                                                                    samples))]
+        answers = scoring.assess(loaded, scoring.forward_all(loaded.model, samples), samples)
+        flags += [a["in_distribution"] is False for a in answers]
     return {"n": len(flags), "flagged": round(float(np.mean(flags)), 4)}
 
 

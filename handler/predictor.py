@@ -148,7 +148,7 @@ class Predictor:
         if not samples:
             return []
         out = self.forward_all(samples)
-        trust = scoring.assess(self.loaded, out, SCORE_DECIMALS)
+        trust = scoring.assess(self.loaded, out, samples, SCORE_DECIMALS)
         answers = []
         for i, sample in enumerate(samples):
             if self.options.reject_out_of_distribution and trust[i]["in_distribution"] is False:
@@ -162,7 +162,8 @@ class Predictor:
     def _out_of_distribution(self, sample: Sample, trust: dict[str, Any], features: Tensor,
                              present: Tensor) -> Failure:
         """The 422 of a request whose images are unlike the training data, naming the farthest image's field."""
-        distances = self.loaded.trust.ood.distances(features)[0].masked_fill(~present[0], -1.0)  # [M]
+        views = scoring.appearance([sample], present) if self.loaded.trust.uses_appearance else None
+        distances = self.loaded.trust.ood.distances(features, views)[0].masked_fill(~present[0], -1.0)  # [M]
         modality = MODALITIES[int(distances.argmax())]
         return Failure(422, f"{modality}_image",
                        f"{modality}_image: does not look like the lesion images the model was trained on "
@@ -187,7 +188,7 @@ class Predictor:
             heatmaps[modality] = {"png_base64": saliency.overlay_base64(photo, heat, max_side=OVERLAY_MAX_SIDE),
                                   "peak": round(float(heat.max()), SCORE_DECIMALS)}
         out = scoring.forward_all(eager, [sample], self.device)  # the same fp32 model, for attention and trust
-        trust = scoring.assess(self.loaded, out, SCORE_DECIMALS)[0]
+        trust = scoring.assess(self.loaded, out, [sample], SCORE_DECIMALS)[0]
         return {**scoring.answer(self.loaded, sample, float(out.scores[0]), out.attention[0].tolist(),
                                  SCORE_DECIMALS, trust), "heatmaps": heatmaps}
 

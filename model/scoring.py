@@ -19,6 +19,7 @@ Augmentation and sampling are training's business and stay in ``training/``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ class Sample:
     decoded: dict[str, Image.Image] = field(default_factory=dict, repr=False)
     """Modality -> a small copy of the decoded photo its view came from (``model.quality.reduced``), for the
     image-quality checks."""
+    reports: dict[str, quality.QualityReport] = field(default_factory=dict, repr=False)
+    """Modality -> the quality report of each view the user sent, filled on first use (:func:`quality_reports`)."""
 
     @property
     def modalities(self) -> list[str]:
@@ -169,14 +172,38 @@ def forward(model: nn.Module, samples: Sequence[Sample], device: str | torch.dev
     return out.scores, out.attention
 
 
-def assess(loaded: LoadedModel, out: Forward, decimals: int | None = None) -> list[dict[str, Any]]:
-    """The trust fields of each sample of one :func:`forward_all` (``model.trust.Trust.assess``)."""
-    return loaded.trust.assess(out.scores.tolist(), out.features, out.present, decimals)
+def assess(loaded: LoadedModel, out: Forward, samples: Sequence[Sample],
+           decimals: int | None = None) -> list[dict[str, Any]]:
+    """The trust fields of each sample of one :func:`forward_all` of ``samples`` (``model.trust.Trust.assess``;
+    the views' statistics are measured only when the checkpoint's OOD detector uses them)."""
+    views = appearance(samples, out.present) if loaded.trust.uses_appearance else None
+    return loaded.trust.assess(out.scores.tolist(), out.features, out.present, decimals, appearance=views)
+
+
+def quality_reports(sample: Sample) -> dict[str, quality.QualityReport]:
+    """``model.quality.check`` of each view the user sent (not of simulated ones), computed once per sample: the
+    warnings and the out-of-distribution score's view statistics come from the same measurement."""
+    for m, img in sample.decoded.items():
+        if m not in sample.simulated and m not in sample.reports:
+            sample.reports[m] = quality.check(img, m)
+    return sample.reports
 
 
 def quality_warnings(sample: Sample) -> list[dict[str, str]]:
     """Image-quality warnings of the views the user sent (a simulated view repeats its source photo's)."""
-    return quality.warnings_for({m: img for m, img in sample.decoded.items() if m not in sample.simulated})
+    return [{"modality": m, "warning": w} for m, report in quality_reports(sample).items() for w in report.warnings]
+
+
+def appearance(samples: Sequence[Sample], used: Tensor) -> Tensor:
+    """``[B, len(MODALITIES), len(quality.APPEARANCE)]`` float64: each view's statistics (``model.quality``), NaN
+    where the sample did not send that view or it was not used (``used [B, M]`` bool, :attr:`Forward.present`)."""
+    out = torch.full((len(samples), len(MODALITIES), len(quality.APPEARANCE)), math.nan, dtype=torch.float64)
+    for i, sample in enumerate(samples):
+        for m, report in quality_reports(sample).items():
+            j = MODALITIES.index(m)
+            if used[i, j]:
+                out[i, j] = torch.tensor(report.appearance, dtype=torch.float64)
+    return out
 
 
 def answer(loaded: LoadedModel, sample: Sample, score: float, attention: Sequence[float],
@@ -195,7 +222,7 @@ def score(loaded: LoadedModel, samples: Sequence[Sample], device: str | torch.de
     if not samples:
         return []
     out = forward_all(loaded.model, samples, device)
-    trust = assess(loaded, out, decimals)
+    trust = assess(loaded, out, samples, decimals)
     return [answer(loaded, s, float(out.scores[i]), out.attention[i].tolist(), decimals, trust[i])
             for i, s in enumerate(samples)]
 

@@ -27,12 +27,24 @@ as in ``model.severity``). This is the empirical distribution the conformal inte
 and probabilities never disagree about the spread; it assumes the error does not depend on the score within the
 residuals used (the predicted band's, below, where there are enough).
 
-**Out of distribution**: each encoder's pooled feature (``FusionOutput.features``) is compared with the training
-lesions' features of that modality by a Mahalanobis distance with a Ledoit-Wolf shrunk covariance, divided by
-``sqrt(D)`` so that a typical training lesion is near 1 whatever the feature width. A request's ``ood_score`` is
-the largest distance over the modalities it sent; it is out of distribution above the threshold of its subset, the
-``OOD_QUANTILE`` quantile of the validation lesions' scores for that subset (when fewer than ``MIN_SUBSET_LESIONS``
-have the whole subset, every lesion counts with the subset's modalities it has: :func:`thresholds_from`).
+**Out of distribution**: each view is compared with the training lesions' views of its modality on three
+channels (``CHANNELS``):
+
+* its encoder's pooled feature (``FusionOutput.features``): a Mahalanobis distance with a Ledoit-Wolf shrunk
+  covariance, divided by ``sqrt(D)`` so that a typical training lesion is near 1 whatever the feature width;
+* its colour statistics (``model.quality.APPEARANCE``: the illuminant estimate and the CIELAB spreads the image
+  had before colour constancy divided them out): the same distance over those six numbers;
+* its lesion's contrast with the skin around it: how many training stds fainter it is on the log scale (0 when it
+  is as dark or darker; a view in which no lesion is found counts as ``NO_LESION_CONTRAST``).
+
+Each channel is divided by its scale, the ``OOD_QUANTILE`` quantile of that channel over the calibration views of
+that modality, and a view's distance is the largest of its channels; a request's ``ood_score`` is the largest over
+the modalities it sent. It is out of distribution above the threshold of its subset, the ``OOD_QUANTILE`` quantile
+of the calibration lesions' scores for that subset (when fewer than ``MIN_SUBSET_LESIONS`` have the whole subset,
+every lesion counts with the subset's modalities it has: :func:`thresholds_from`); calibration lesions with a view
+in which no lesion was found do not count (:func:`fit_detector`). A simulated view has no statistics of its own
+and is compared on its feature alone; a detector fitted before the view statistics existed compares features
+alone, unscaled, as it always did.
 """
 
 from __future__ import annotations
@@ -40,14 +52,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from model.colorimetry import MIN_RELATIVE_CONTRAST
 from model.config import MODALITIES, SeverityConfig
+from model.quality import APPEARANCE
 from model.severity import LABELS
 
 log = logging.getLogger(__name__)
@@ -220,40 +234,123 @@ def fit_feature_distribution(features: np.ndarray) -> FeatureDistribution:
     return FeatureDistribution(torch.from_numpy(mean).float(), torch.from_numpy(precision).float())
 
 
+CONTRAST = APPEARANCE.index("lesion_contrast")
+CHANNELS = ("features", "colour", "contrast")
+"""What each view is compared on: its encoder feature, its colour statistics, its lesion's contrast."""
+
+
+NO_LESION_CONTRAST = MIN_RELATIVE_CONTRAST / 2
+"""The contrast a view without a found lesion counts with on the log scale (its measured contrast is 0): half the
+faintest contrast the segmentation accepts, so "no lesion" is fainter than any lesion found."""
+
+
+def log_contrast(contrast: Tensor | np.ndarray) -> Tensor:
+    """Relative contrast -> its log, a view without a lesion counting as ``NO_LESION_CONTRAST``."""
+    return torch.as_tensor(contrast, dtype=torch.float64).clamp_min(NO_LESION_CONTRAST).log()
+
+
+@dataclass(frozen=True)
+class ViewStatistics:
+    """One modality's training views as ``model.quality`` measures them: the distribution of their colour
+    statistics (every column of ``APPEARANCE`` but the contrast) and the mean and std of their lesions' log
+    contrast (over the views where a lesion was found; contrast is a ratio, so fainter by half is the same step
+    at any darkness)."""
+
+    colour: FeatureDistribution
+    contrast_mean: float
+    contrast_std: float
+
+    def distances(self, values: Tensor) -> tuple[Tensor, Tensor]:
+        """``[N, len(APPEARANCE)]`` -> the colour statistics' distance ``[N]`` and how many stds fainter (log
+        contrast) than the training lesions the lesion is ``[N]`` (0 when it is as dark or darker: a darker lesion
+        is still a lesion)."""
+        colour = self.colour.distance(torch.cat([values[:, :CONTRAST], values[:, CONTRAST + 1:]], dim=1))
+        fainter = (self.contrast_mean - log_contrast(values[:, CONTRAST])) / self.contrast_std
+        return colour, fainter.clamp_min(0.0).float()
+
+
+def fit_view_statistics(values: np.ndarray) -> ViewStatistics:
+    """``[N, len(APPEARANCE)]`` training views -> :class:`ViewStatistics`."""
+    values = np.asarray(values, dtype=np.float64)
+    contrast = log_contrast(values[:, CONTRAST][values[:, CONTRAST] > 0]).numpy()
+    if len(contrast) < 2:
+        raise ValueError(f"a lesion was found in {len(contrast)} of {len(values)} training views: need at least 2")
+    return ViewStatistics(fit_feature_distribution(np.delete(values, CONTRAST, axis=1)), float(contrast.mean()),
+                          max(float(contrast.std()), 1e-6))
+
+
 @dataclass(frozen=True)
 class OODDetector:
-    """Per-modality training distributions and per-subset thresholds on the combined score."""
+    """Per-modality training distributions and per-subset thresholds on the combined score.
+
+    A detector fitted before the view statistics existed has ``views`` and ``scales`` None: a view's distance is
+    its feature distance. Otherwise each of a view's three distances (``CHANNELS``) is divided by its ``scales``
+    entry (the ``quantile`` of that distance over the calibration views of that modality, so that 1 means "as far
+    as the farthest calibration lesions") and the view's distance is the largest of them.
+    """
 
     distributions: dict[str, FeatureDistribution]
     thresholds: dict[str, float]
     pooled_threshold: float
     quantile: float = OOD_QUANTILE
+    views: dict[str, ViewStatistics] | None = None
+    scales: dict[str, tuple[float, float, float]] | None = None
 
-    def scores(self, features: Tensor, present: Tensor) -> Tensor:
-        """``features [B, M, D]`` and ``present [B, M]`` bool -> ``[B]``: the largest distance over present ones."""
-        distances = self.distances(features)  # [B, M]
+    def scores(self, features: Tensor, present: Tensor, appearance: Tensor | None = None) -> Tensor:
+        """``features [B, M, D]``, ``present [B, M]`` bool and (optional) ``appearance [B, M, K]`` (NaN rows: view not
+        measured) -> ``[B]``: the largest distance over present modalities."""
+        distances = self.distances(features, appearance)  # [B, M]
         return distances.masked_fill(~present.cpu(), -math.inf).max(dim=1).values
 
-    def distances(self, features: Tensor) -> Tensor:
-        """``[B, M, D] -> [B, M]``: each modality's distance to its training distribution."""
+    def distances(self, features: Tensor, appearance: Tensor | None = None) -> Tensor:
+        """``[B, M, D]`` (and ``[B, M, K]``) -> ``[B, M]``: each modality's distance to its training views."""
+        channels = self.channel_distances(features, appearance)  # [B, M, 3], NaN where not measured
+        if self.scales is None:
+            return channels[..., 0]
+        scales = torch.tensor([self.scales.get(m, (1.0, 1.0, 1.0)) for m in MODALITIES], dtype=channels.dtype)
+        return torch.nan_to_num(channels / scales, nan=-math.inf).max(dim=2).values
+
+    def channel_distances(self, features: Tensor, appearance: Tensor | None = None) -> Tensor:
+        """``[B, M, 3]`` unscaled distances per ``CHANNELS`` (NaN where a view's statistics were not measured)."""
         features = features.detach().float().cpu()
-        return torch.stack([self.distributions[m].distance(features[:, i]) for i, m in enumerate(MODALITIES)], 1)
+        out = torch.full((*features.shape[:2], len(CHANNELS)), math.nan)
+        out[..., 0] = torch.stack([self.distributions[m].distance(features[:, i]) for i, m in enumerate(MODALITIES)],
+                                  1)
+        if appearance is None or self.views is None:
+            return out
+        for i, m in enumerate(MODALITIES):
+            rows = ~torch.isnan(appearance[:, i, 0])
+            if m in self.views and rows.any():
+                colour, fainter = self.views[m].distances(appearance[rows, i])
+                out[rows, i, 1], out[rows, i, 2] = colour, fainter
+        return out
 
     def threshold(self, subset: str) -> float:
         return self.thresholds.get(subset, self.pooled_threshold)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quantile": self.quantile, "thresholds": dict(self.thresholds),
-                "pooled_threshold": self.pooled_threshold,
-                "modalities": {m: {"mean": d.mean.clone(), "precision": d.precision.clone()}
-                               for m, d in self.distributions.items()}}
+        d = {"quantile": self.quantile, "thresholds": dict(self.thresholds), "pooled_threshold": self.pooled_threshold,
+             "modalities": {m: {"mean": d.mean.clone(), "precision": d.precision.clone()}
+                            for m, d in self.distributions.items()}}
+        if self.views is not None and self.scales is not None:
+            d["views"] = {m: {"mean": v.colour.mean.clone(), "precision": v.colour.precision.clone(),
+                              "contrast_mean": v.contrast_mean, "contrast_std": v.contrast_std}
+                          for m, v in self.views.items()}
+            d["scales"] = {m: list(v) for m, v in self.scales.items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> OODDetector:
         distributions = {m: FeatureDistribution(v["mean"].float(), v["precision"].float())
                          for m, v in d["modalities"].items()}
+        views = scales = None
+        if "views" in d:
+            views = {m: ViewStatistics(FeatureDistribution(v["mean"].float(), v["precision"].float()),
+                                       float(v["contrast_mean"]), float(v["contrast_std"]))
+                     for m, v in d["views"].items()}
+            scales = {m: tuple(float(x) for x in v) for m, v in d["scales"].items()}
         return cls(distributions, {k: float(v) for k, v in d["thresholds"].items()}, float(d["pooled_threshold"]),
-                   float(d.get("quantile", OOD_QUANTILE)))
+                   float(d.get("quantile", OOD_QUANTILE)), views, scales)
 
 
 def quantile_threshold(scores: np.ndarray, quantile: float) -> float:
@@ -269,6 +366,46 @@ def fit_distributions(train_features: Mapping[str, np.ndarray]) -> dict[str, Fea
         raise ValueError(f"no training features for {missing}: every modality needs at least 2 training lesions "
                          f"(set data.simulate_multispectral=true when the data has no multispectral views)")
     return {m: fit_feature_distribution(train_features[m]) for m in MODALITIES}
+
+
+def fit_views(train_appearance: Mapping[str, np.ndarray]) -> dict[str, ViewStatistics]:
+    """``{modality: [N_m, len(APPEARANCE)]}`` measured training views -> :class:`ViewStatistics` per modality; a
+    modality with fewer than 2 views with a lesion is left out (its views are compared on their features alone)."""
+    return {m: fit_view_statistics(v) for m, v in train_appearance.items()
+            if len(v) >= 2 and (np.asarray(v)[:, CONTRAST] > 0).sum() >= 2}
+
+
+def fit_detector(distributions: dict[str, FeatureDistribution], views: dict[str, ViewStatistics] | None,
+                 features: Tensor, appearance: Tensor | None, present: Tensor, quantile: float = OOD_QUANTILE,
+                 min_lesions: int = MIN_SUBSET_LESIONS) -> OODDetector:
+    """Calibration lesions' features ``[N, M, D]``, view statistics ``[N, M, K]`` (NaN: not measured) and
+    ``present [N, M]`` bool -> the detector. ``views`` None: the feature-only detector (thresholds on the feature
+    distances, as before the view statistics existed).
+
+    Scales: per modality and channel, the ``quantile`` of that channel's distances over the calibration views.
+    Thresholds (:func:`thresholds_from`): on the scaled, combined distances of the calibration lesions in whose
+    every measured view a lesion was found. A view without one has contrast 0, as far from the training lesions
+    as that makes it; counting such lesions could lift a threshold over every lesionless image.
+    """
+    available = present.numpy().astype(bool)
+    if views is None or appearance is None:
+        distances = OODDetector(distributions, {}, 0.0, quantile).distances(features).numpy()
+        return thresholds_from(distributions, distances, available, quantile, min_lesions)
+    channels = OODDetector(distributions, {}, 0.0, quantile, views).channel_distances(features, appearance).numpy()
+    with_lesion = ~(appearance[..., CONTRAST].numpy() == 0).any(axis=1)  # NaN (not measured) counts as found
+    scales = {}
+    for i, m in enumerate(MODALITIES):
+        rows = available[:, i] & with_lesion
+        scales[m] = tuple(_scale(channels[rows, i, c], quantile) for c in range(len(CHANNELS)))
+    scaled = OODDetector(distributions, {}, 0.0, quantile, views, scales)
+    distances = scaled.distances(features, appearance).numpy()
+    fitted = thresholds_from(distributions, distances[with_lesion], available[with_lesion], quantile, min_lesions)
+    return replace(fitted, views=views, scales=scales)
+
+
+def _scale(distances: np.ndarray, quantile: float) -> float:
+    measured = distances[~np.isnan(distances)]
+    return max(quantile_threshold(measured, quantile), 1e-6) if len(measured) else 1.0
 
 
 def thresholds_from(distributions: dict[str, FeatureDistribution], distances: np.ndarray, available: np.ndarray,
@@ -308,6 +445,11 @@ class Trust:
     band_frequencies: dict[str, float] | None = None
     """The training labels' share per severity band (the baseline forecast of ``training.evaluate``'s Brier)."""
 
+    @property
+    def uses_appearance(self) -> bool:
+        """Whether :meth:`assess` wants each view's ``model.quality`` statistics (``appearance``)."""
+        return self.ood is not None and self.ood.views is not None
+
     @classmethod
     def from_checkpoint(cls, checkpoint: Mapping[str, Any], severity: SeverityConfig) -> Trust:
         """Read ``checkpoint["trust"]``; without it the fields are null, and a log line says why."""
@@ -324,12 +466,15 @@ class Trust:
                    OODDetector.from_dict(ood) if ood else None, severity,
                    {k: float(v) for k, v in frequencies.items()} if frequencies else None)
 
-    def assess(self, scores: Sequence[float], features: Tensor, present: Tensor,
-               decimals: int | None = None) -> list[dict[str, Any]]:
-        """Scores ``[B]``, encoder features ``[B, M, D]`` and ``present [B, M]`` bool -> the trust fields of each
-        answer: ``interval``, ``severity_probabilities``, ``in_distribution``, ``ood_score``, ``ood_threshold``."""
+    def assess(self, scores: Sequence[float], features: Tensor, present: Tensor, decimals: int | None = None,
+               appearance: Tensor | None = None) -> list[dict[str, Any]]:
+        """Scores ``[B]``, encoder features ``[B, M, D]``, ``present [B, M]`` bool and, when
+        :attr:`uses_appearance`, the views' statistics ``[B, M, K]`` (``model.scoring.appearance``) -> the trust
+        fields of each answer: ``interval``, ``severity_probabilities``, ``in_distribution``, ``ood_score``,
+        ``ood_threshold``."""
         subsets = [subset_name([m for m, p in zip(MODALITIES, row, strict=True) if p]) for row in present.tolist()]
-        ood = self.ood.scores(features, present).tolist() if self.ood is not None else [None] * len(subsets)
+        ood = self.ood.scores(features, present, appearance).tolist() if self.ood is not None \
+            else [None] * len(subsets)
         return [self._fields(float(s), k, o, decimals) for s, k, o in zip(scores, subsets, ood, strict=True)]
 
     def _fields(self, score: float, subset: str, ood_score: float | None, decimals: int | None) -> dict[str, Any]:

@@ -11,10 +11,13 @@ import torch
 from scipy.spatial.distance import mahalanobis
 from sklearn.covariance import LedoitWolf
 
+from model import colorimetry
 from model.checkpoint import build_checkpoint, load_checkpoint, load_for_inference, save_checkpoint
 from model.config import MODALITIES, SeverityConfig
+from model.quality import APPEARANCE
 from model.severity import LABELS, severity_label
 from model.trust import (
+    CONTRAST,
     NULL_FIELDS,
     POOLED,
     Calibration,
@@ -23,7 +26,10 @@ from model.trust import (
     band_probabilities,
     conformal_quantile,
     fit_calibration,
+    fit_detector,
     fit_distributions,
+    fit_view_statistics,
+    fit_views,
     ledoit_wolf,
     quantile_threshold,
     subset_name,
@@ -246,3 +252,90 @@ def test_a_band_with_few_calibration_lesions_uses_the_whole_subset_and_old_calib
         "clinical, predicted Mild"
     with pytest.raises(ValueError, match="predictions of subset clinical do not pair"):
         fit_calibration({"clinical": residuals}, 0.9, predictions={"clinical": predicted[:10]})
+
+
+# ------------------------------------------------------------------------------------------ view statistics
+
+
+def view_values(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``[n, len(APPEARANCE)]`` view statistics: correlated colour columns and a lesion contrast around 0.3."""
+    colour = rng.normal(size=(n, len(APPEARANCE) - 1)) @ rng.normal(size=(len(APPEARANCE) - 1,) * 2)
+    return np.insert(colour, CONTRAST, rng.normal(0.3, 0.1, n).clip(0.05, None), axis=1)
+
+
+def test_view_distances_are_the_colour_mahalanobis_and_how_many_stds_fainter_the_lesion_is():
+    rng = np.random.default_rng(7)
+    train = view_values(rng, 300)
+    colour = np.delete(train, CONTRAST, axis=1)
+    precision = np.linalg.inv(LedoitWolf().fit(colour).covariance_)
+    probe = view_values(np.random.default_rng(8), 5) * 1.5
+    probe[:, CONTRAST] = [0.0, 0.1, 0.3, 0.6, 0.9]
+    colour_d, fainter = fit_view_statistics(train).distances(torch.tensor(probe))
+    expected = [mahalanobis(np.delete(p, CONTRAST), colour.mean(0), precision) / math.sqrt(colour.shape[1])
+                for p in probe]
+    np.testing.assert_allclose(colour_d.numpy(), expected, rtol=1e-5)
+    log_train = np.log(train[:, CONTRAST])
+    log_probe = np.log(np.maximum(probe[:, CONTRAST], colorimetry.MIN_RELATIVE_CONTRAST / 2))  # no lesion: half
+    z = (log_train.mean() - log_probe) / log_train.std()  # the faintest contrast segmentation accepts
+    np.testing.assert_allclose(fainter.numpy(), np.maximum(z, 0.0), rtol=1e-5)  # a darker lesion is no farther
+
+
+def calibration_views(seed: int = 9, n: int = 200, lesionless: int = 10, dim: int = 6):
+    """Training fits and ``n`` calibration lesions (features, view statistics, present); the first ``lesionless``
+    show no lesion in their clinical view (contrast 0); half have no multispectral view."""
+    rng = np.random.default_rng(seed)
+    distributions = fit_distributions({m: rng.normal(size=(300, dim)) for m in MODALITIES})
+    views = fit_views({m: view_values(rng, 300) for m in MODALITIES})
+    features = torch.tensor(rng.normal(size=(n, len(MODALITIES), dim)), dtype=torch.float32)
+    appearance = torch.tensor(np.stack([view_values(rng, n) for _ in MODALITIES], axis=1))
+    present = torch.ones(n, len(MODALITIES), dtype=torch.bool)
+    present[n // 2:, 2] = False
+    appearance[n // 2:, 2] = math.nan
+    appearance[:lesionless, 0, CONTRAST] = 0.0
+    return distributions, views, features, appearance, present
+
+
+def rank_quantile(values: np.ndarray, q: float) -> float:
+    """The ceil((n + 1) q)-th smallest value, the largest when n is too small for that rank."""
+    return float(np.sort(values)[min(len(values), math.ceil((len(values) + 1) * q)) - 1])
+
+
+def test_each_channel_is_scaled_by_its_calibration_quantile_and_lesionless_views_do_not_set_thresholds():
+    distributions, views, features, appearance, present = calibration_views()
+    ood = fit_detector(distributions, views, features, appearance, present, quantile=0.99)
+    channels = ood.channel_distances(features, appearance).numpy()  # [N, M, 3], unscaled
+    kept = np.arange(len(features)) >= 10  # the lesions whose every view shows a lesion
+    for i, m in enumerate(MODALITIES):
+        rows = kept & present[:, i].numpy()
+        expected = [rank_quantile(channels[rows, i, c], 0.99) for c in range(3)]
+        np.testing.assert_allclose(ood.scales[m], expected, rtol=1e-6)
+    scaled = np.nanmax(channels / np.array([ood.scales[m] for m in MODALITIES])[None], axis=2)  # [N, M]
+    assert ood.threshold("clinical") == pytest.approx(rank_quantile(scaled[kept, 0], 0.99), rel=1e-6)
+    both = kept & present[:, 2].numpy()
+    assert ood.threshold("clinical+dermoscopy+multispectral") == pytest.approx(
+        rank_quantile(scaled[both].max(axis=1), 0.99), rel=1e-6)
+    lesionless = ood.scores(features[:10], present[:10], appearance[:10])
+    assert (lesionless > ood.threshold("clinical+dermoscopy+multispectral")).all()
+
+
+def test_a_view_with_training_like_features_but_another_colour_is_out_of_distribution():
+    distributions, views, features, appearance, present = calibration_views(lesionless=0)
+    ood = fit_detector(distributions, views, features, appearance, present)
+    probe_features, probe_views = features[:1].clone(), appearance[:1].clone()
+    assert ood.scores(probe_features, present[:1], probe_views)[0] <= ood.threshold("clinical+dermoscopy+multispectral")
+    probe_views[0, 0, :CONTRAST] += 25.0  # the clinical photo's colour statistics far from any training view
+    assert ood.scores(probe_features, present[:1], probe_views)[0] > ood.threshold("clinical+dermoscopy+multispectral")
+    assert ood.scores(probe_features, present[:1])[0] <= ood.threshold("clinical+dermoscopy+multispectral"), \
+        "without the view statistics only the features count"
+    restored = OODDetector.from_dict(ood.to_dict())
+    torch.testing.assert_close(restored.scores(probe_features, present[:1], probe_views),
+                               ood.scores(probe_features, present[:1], probe_views))
+
+
+def test_a_detector_saved_before_view_statistics_scores_on_features_alone():
+    old = detector().to_dict()
+    assert "views" not in old and "scales" not in old
+    restored = OODDetector.from_dict(old)
+    features = torch.randn(3, len(MODALITIES), 8)
+    views = torch.randn(3, len(MODALITIES), len(APPEARANCE), dtype=torch.float64)
+    torch.testing.assert_close(restored.distances(features, views), detector().distances(features))

@@ -4,6 +4,7 @@ checkpoint, infer_single, evaluate's metrics.csv and KServe v2 tensors."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -188,3 +189,28 @@ def test_calibrating_an_uncalibrated_checkpoint_does_not_warn_that_it_lacks_cali
     with caplog.at_level("WARNING", logger="model.trust"):
         calibrated = calibrate_checkpoint(load_checkpoint(uncalibrated_checkpoint), trust_data)
     assert "calibration" in calibrated["trust"] and "has no calibration" not in caplog.text
+
+
+def rendered_request(pixels: np.ndarray) -> dict[str, bytes]:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return {"clinical_image": buffer.getvalue()}
+
+
+def test_flat_colour_and_bare_skin_photos_are_flagged_by_their_view_statistics(predictor, tiny_checkpoint,
+                                                                               trust_data):
+    """Colour constancy (and any encoder) can make a flat field or bare skin look like the skin around a lesion;
+    the view statistics (colour, spread, lesion contrast) still tell them apart."""
+    summary = torch.load(tiny_checkpoint, weights_only=True)["provenance"]["calibration"]
+    assert summary["ood_views_fitted"] == sorted(m for m in MODALITIES if (trust_data / m).is_dir())
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:72, 0:96] / np.array([72, 96])[:, None, None]
+    skin = np.array([224, 185, 160]) * (0.9 + 0.2 * xx[..., None]) + rng.normal(0, 4, (72, 96, 3))
+    odd = [rendered_request(np.full((72, 96, 3), c, dtype=float)) for c in [(30, 90, 200), (128, 128, 128)]]
+    odd.append(rendered_request(skin))
+    answers = predictor.predict(odd)
+    assert not any(a["in_distribution"] for a in answers), [a["ood_score"] for a in answers]
+    lesions = predictor.predict([lesion_request(trust_data, i) for i in sorted(labels(trust_data))[:10]])
+    assert sum(a["in_distribution"] for a in lesions) >= 8

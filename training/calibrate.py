@@ -3,15 +3,16 @@
     python -m training.calibrate --checkpoint CKPT --data DIR [--coverage 0.9] --out CKPT2
 
 ``training.train`` calls :func:`fit_trust` at the end of training with its own split: the training lesions give the
-feature distribution of each encoder, the validation lesions the conformal residuals per modality subset and the
+feature distribution of each encoder and the statistics of each view (``model.trust.ViewStatistics``), the
+validation lesions the conformal residuals per modality subset and the
 out-of-distribution thresholds. This command does the same without training:
 
 * DIR is the checkpoint's training data (same data hash, split recorded): exactly what training would have done
   (its calibration split when ``data.calibration_fraction`` made one, else its validation split, which also chose
   the checkpoint: such intervals can under-cover, docs/trust.md);
 * other labelled data: every lesion of DIR calibrates the interval and the thresholds; the feature distributions
-  stay the checkpoint's, or, for a checkpoint that has none, are fitted on half of DIR's patients (seeded split)
-  and the thresholds are set on the other half.
+  and view statistics stay the checkpoint's, or, for a checkpoint that has none, are fitted on half of DIR's
+  patients (seeded split) and the thresholds are set on the other half.
 
 The result's ``provenance.calibration`` says what was used (data, hash, lesions per subset, which subsets fall back
 to the pooled residuals).
@@ -35,16 +36,17 @@ from model.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint
 from model.config import AUX_MODALITIES, MODALITIES
 from model.severity import LABELS, severity_label
 from model.trust import (
+    CHANNELS,
     DEFAULT_COVERAGE,
     MIN_SUBSET_LESIONS,
     OOD_QUANTILE,
     TRUST_FORMAT,
-    FeatureDistribution,
     OODDetector,
     fit_calibration,
+    fit_detector,
     fit_distributions,
+    fit_views,
     subset_name,
-    thresholds_from,
 )
 from training.data import Lesion, index_dataset, lesion_sample, select, split_by_patient
 
@@ -56,13 +58,15 @@ class Scored:
     """Lesions scored with every modality subset they have.
 
     ``true [N]``; ``subsets[name] [N]`` the score with exactly that subset (NaN where the lesion lacks one of its
-    modalities); ``features [N, M, D]`` each encoder's feature; ``present [N, M]`` bool the modalities each has.
+    modalities); ``features [N, M, D]`` each encoder's feature; ``present [N, M]`` bool the modalities each has;
+    ``appearance [N, M, K]`` each sent view's statistics (``model.scoring.appearance``; NaN for a simulated view).
     """
 
     true: np.ndarray
     subsets: dict[str, np.ndarray]
     features: torch.Tensor
     present: torch.Tensor
+    appearance: torch.Tensor
 
 
 def aux_subsets() -> list[tuple[str, ...]]:
@@ -77,12 +81,13 @@ def score_lesions(model: torch.nn.Module, lesions: list[Lesion], data_cfg, batch
     model.eval()
     names = {aux: subset_name(("clinical", *aux)) for aux in aux_subsets()}
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names.values()}
-    features, present = [], []
+    features, present, appearance = [], [], []
     for start in range(0, len(lesions), batch_size):
         samples = [lesion_sample(x, data_cfg) for x in lesions[start:start + batch_size]]
         full = scoring.forward_all(model, samples, device)
         features.append(full.features)
         present.append(full.present)
+        appearance.append(scoring.appearance(samples, full.present))
         available = full.present[:, 1:]  # [B, 2] over AUX_MODALITIES
         for aux, name in names.items():
             wanted = torch.tensor([m in aux for m in AUX_MODALITIES]).expand_as(available)
@@ -91,7 +96,7 @@ def score_lesions(model: torch.nn.Module, lesions: list[Lesion], data_cfg, batch
             parts[name].append(np.where(has_all.numpy(), scores, np.nan))
     return Scored(np.array([x.score for x in lesions], dtype=np.float64),
                   {k: np.concatenate(v).astype(np.float64) for k, v in parts.items()},
-                  torch.cat(features), torch.cat(present))
+                  torch.cat(features), torch.cat(present), torch.cat(appearance))
 
 
 def residuals_by_subset(scored: Scored) -> dict[str, np.ndarray]:
@@ -109,26 +114,34 @@ def training_features(scored: Scored) -> dict[str, np.ndarray]:
     return {m: scored.features[scored.present[:, i], i].numpy() for i, m in enumerate(MODALITIES)}
 
 
+def training_views(scored: Scored) -> dict[str, np.ndarray]:
+    """``{modality: [N_m, K]}``: the statistics of the views the lesions sent for each modality (not simulated)."""
+    measured = ~torch.isnan(scored.appearance[..., 0])  # [N, M]
+    return {m: scored.appearance[measured[:, i], i].numpy() for i, m in enumerate(MODALITIES)}
+
+
 def fit_trust(model: torch.nn.Module, data_cfg, severity, fit_lesions: list[Lesion] | None,
               calibration_lesions: list[Lesion], coverage: float = DEFAULT_COVERAGE,
-              distributions: dict[str, FeatureDistribution] | None = None, device: str | torch.device = "cpu",
+              kept: OODDetector | None = None, device: str | torch.device = "cpu",
               batch_size: int = 32) -> tuple[dict[str, Any], dict[str, Any]]:
     """The checkpoint's ``"trust"`` section and a provenance summary.
 
     Args:
-        fit_lesions: lesions whose features define the training distribution (None: keep ``distributions``).
-        calibration_lesions: lesions not trained on, for the residuals and the OOD thresholds.
+        fit_lesions: lesions whose encoder features and view statistics define the training distribution (None:
+            keep those of ``kept``, a checkpoint's detector; one fitted before view statistics stays without).
+        calibration_lesions: lesions not trained on, for the residuals, the OOD scales and thresholds.
     """
-    if distributions is None:
-        if not fit_lesions:
-            raise ValueError("no lesions to fit the feature distributions on")
-        distributions = fit_distributions(training_features(score_lesions(model, fit_lesions, data_cfg, batch_size,
-                                                                          device)))
+    if kept is not None:
+        distributions, views = kept.distributions, kept.views
+    elif fit_lesions:
+        fitted = score_lesions(model, fit_lesions, data_cfg, batch_size, device)
+        distributions, views = fit_distributions(training_features(fitted)), fit_views(training_views(fitted))
+    else:
+        raise ValueError("no lesions to fit the feature distributions on")
     scored = score_lesions(model, calibration_lesions, data_cfg, batch_size, device)
     residuals = residuals_by_subset(scored)
     calibration = fit_calibration(residuals, coverage, predictions=predictions_by_subset(scored))
-    distances = OODDetector(distributions, {}, 0.0).distances(scored.features).numpy()  # [N, M]
-    ood = thresholds_from(distributions, distances, scored.present.numpy(), OOD_QUANTILE)
+    ood = fit_detector(distributions, views, scored.features, scored.appearance, scored.present, OOD_QUANTILE)
     counts = {k: len(v) for k, v in residuals.items()}
     provenance = {
         "coverage": coverage,
@@ -144,6 +157,8 @@ def fit_trust(model: torch.nn.Module, data_cfg, severity, fit_lesions: list[Lesi
         "ood_lesions_per_subset": {k: int(scored.present[:, [MODALITIES.index(m) for m in k.split("+")]].all(1).sum())
                                    for k in ood.thresholds},
         "ood_pooled_threshold": ood.pooled_threshold,
+        "ood_scales": {m: dict(zip(CHANNELS, v, strict=True)) for m, v in (ood.scales or {}).items()},
+        "ood_views_fitted": sorted(ood.views or {}),
     }
     for name in provenance["pooled_fallback"]:
         log.warning("subset %s has %d calibration lesions (< %d): its answers use the pooled residuals", name,
@@ -170,19 +185,19 @@ def calibrate_checkpoint(checkpoint: dict[str, Any], data: Path, coverage: float
         raise ValueError(f"{data}: no labelled lesion to calibrate on")
     provenance = checkpoint.get("provenance", {})
     split = provenance.get("split") or {}
-    distributions = None
+    kept = None
     if provenance.get("data_hash") == index.data_hash and split.get("train") and split.get("val"):
         held_out = "calibration" if split.get("calibration") else "val"
         fit, calib, how = select(index.lesions, split["train"], str(data)), \
             select(index.lesions, split[held_out], str(data)), f"the checkpoint's own train/{held_out} split"
     elif checkpoint.get("trust", {}).get("ood"):
-        distributions = OODDetector.from_dict(checkpoint["trust"]["ood"]).distributions
+        kept = OODDetector.from_dict(checkpoint["trust"]["ood"])
         fit, calib, how = None, index.lesions, "every lesion (feature distributions kept from the checkpoint)"
     else:
         fit, calib = split_by_patient(index.lesions, 0.5, seed=0)
         how = "half the patients for the feature distributions, the other half for residuals and thresholds"
     log.info("calibrating on %s: %s", data, how)
-    section, summary = fit_trust(loaded.model, loaded.data_cfg, loaded.severity, fit, calib, coverage, distributions,
+    section, summary = fit_trust(loaded.model, loaded.data_cfg, loaded.severity, fit, calib, coverage, kept,
                                  device)
     summary.update(data=str(data), data_hash=index.data_hash, method=how)
     old = checkpoint.get("trust") or {}

@@ -156,13 +156,13 @@ def predict_subsets(loaded: LoadedModel, lesions: list[Lesion], batch_size: int 
         present = collate(samples)[3]  # [B, 2]
         full = forward_all(loaded.model, samples, device)
         out["available"].append(full.scores.numpy())
-        trust["available"].extend(assess(loaded, full))
+        trust["available"].extend(assess(loaded, full, samples))
         for name, aux in SUBSETS.items():
             wanted = torch.tensor([m in aux for m in AUX_MODALITIES]).expand_as(present)
             has_all = (present | ~wanted).all(dim=1)  # [B]
             masked = forward_all(loaded.model, samples, device, aux_mask=wanted)
             out[name].append(np.where(has_all.numpy(), masked.scores.numpy(), np.nan))
-            trust[name].extend(f if ok else None for f, ok in zip(assess(loaded, masked), has_all.tolist(),
+            trust[name].extend(f if ok else None for f, ok in zip(assess(loaded, masked, samples), has_all.tolist(),
                                                                  strict=True))
     return {name: np.concatenate(parts).astype(np.float64) for name, parts in out.items()}, trust
 
