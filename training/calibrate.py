@@ -75,11 +75,12 @@ def aux_subsets() -> list[tuple[str, ...]]:
 
 
 def score_lesions(model: torch.nn.Module, lesions: list[Lesion], data_cfg, batch_size: int = 32,
-                  device: str | torch.device = "cpu") -> Scored:
-    """Score each lesion with each modality subset it has (``model.scoring``, auxiliary views hidden by the mask)
-    and keep its encoder features (from the forward with every view it has)."""
+                  device: str | torch.device = "cpu", subsets: bool = True) -> Scored:
+    """Score each lesion with each modality subset it has (``model.scoring``, auxiliary views hidden by the mask;
+    ``subsets=False``: only with every view it has, all that fitting the distributions needs) and keep its encoder
+    features and view statistics (from the forward with every view it has)."""
     model.eval()
-    names = {aux: subset_name(("clinical", *aux)) for aux in aux_subsets()}
+    names = {aux: subset_name(("clinical", *aux)) for aux in aux_subsets()} if subsets else {}
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names.values()}
     features, present, appearance = [], [], []
     for start in range(0, len(lesions), batch_size):
@@ -92,7 +93,8 @@ def score_lesions(model: torch.nn.Module, lesions: list[Lesion], data_cfg, batch
         for aux, name in names.items():
             wanted = torch.tensor([m in aux for m in AUX_MODALITIES]).expand_as(available)
             has_all = (available | ~wanted).all(dim=1)  # [B]
-            scores = scoring.forward(model, samples, device, aux_mask=wanted)[0].numpy()
+            scores = full.scores.numpy() if aux == tuple(AUX_MODALITIES) \
+                else scoring.forward(model, samples, device, aux_mask=wanted)[0].numpy()  # every view: full's
             parts[name].append(np.where(has_all.numpy(), scores, np.nan))
     return Scored(np.array([x.score for x in lesions], dtype=np.float64),
                   {k: np.concatenate(v).astype(np.float64) for k, v in parts.items()},
@@ -134,7 +136,7 @@ def fit_trust(model: torch.nn.Module, data_cfg, severity, fit_lesions: list[Lesi
     if kept is not None:
         distributions, views = kept.distributions, kept.views
     elif fit_lesions:
-        fitted = score_lesions(model, fit_lesions, data_cfg, batch_size, device)
+        fitted = score_lesions(model, fit_lesions, data_cfg, batch_size, device, subsets=False)
         distributions, views = fit_distributions(training_features(fitted)), fit_views(training_views(fitted))
     else:
         raise ValueError("no lesions to fit the feature distributions on")
