@@ -91,6 +91,23 @@ def test_feature_distance_is_mahalanobis_over_root_dimension():
     np.testing.assert_allclose(dist.distance(torch.tensor(probe)).numpy(), expected, rtol=1e-5)
 
 
+def test_feature_distance_at_the_served_width_equals_a_float64_reference():
+    """At the served encoders' width (768), through a checkpoint round trip: the distance equals a float64
+    reference computed in numpy from the stored float32 mean and precision, on every call (the float64 copies
+    are made once, when the distribution is built)."""
+    rng = np.random.default_rng(5)
+    d = 768
+    train = rng.normal(size=(1000, d)) @ rng.normal(size=(d, d)) / math.sqrt(d)  # correlated: a dense precision
+    dist = OODDetector.from_dict(thresholds_from(fit_distributions({m: train for m in MODALITIES}),
+                                                 np.ones((4, 3)), np.ones((4, 3), bool)).to_dict()).distributions["clinical"]
+    probe = (rng.normal(size=(6, d)) * 1.5).astype(np.float32)
+    centred = probe.astype(np.float64) - dist.mean.numpy().astype(np.float64)
+    squared = np.einsum("nd,de,ne->n", centred, dist.precision.numpy().astype(np.float64), centred)
+    expected = np.sqrt(squared / d)
+    for _ in range(2):  # the float64 copies are made once; a second call must give the same
+        np.testing.assert_allclose(dist.distance(torch.from_numpy(probe)).numpy(), expected, rtol=2e-7, atol=0)
+
+
 def detector(seed: int = 4, dim: int = 8) -> OODDetector:
     rng = np.random.default_rng(seed)
     distributions = fit_distributions({m: rng.normal(size=(300, dim)) for m in MODALITIES})
