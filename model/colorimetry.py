@@ -68,7 +68,8 @@ MAX_AREA_FRACTION = 0.90  # larger masks are the whole image: "no skin"
 MIN_RELATIVE_CONTRAST = 0.04  # (skin L* - lesion L*) / skin L* below this is "low contrast"
 MIN_SKIN_PIXELS = 50
 BORDER_PENALTY = 0.25  # score factor of a component that touches the image border (vignette, cut-off lesion)
-RUNS_FROM_RADIUS = 24  # disks this large are dilated run by run (faster than cv2.dilate, same pixels)
+RUNS_FROM_RADIUS = 24  # disks this large (on a WORK_SIDE copy) are dilated run by run (faster than cv2.dilate, same
+                      # pixels); on a smaller copy the crossover shrinks with it (12 on the quality checks' 128 px)
 
 
 @dataclass(frozen=True)
@@ -292,7 +293,7 @@ def skin_ring(lesion: np.ndarray, dark: np.ndarray, scale: float = 1.0) -> np.nd
     radius = math.sqrt(lesion.sum() / math.pi)
     gap = max(2, round(0.15 * radius))
     width = max(4, round(0.5 * radius))
-    inner, outer = _dilations(lesion, (gap, gap + width))
+    inner, outer = _dilations(lesion, (gap, gap + width), scale)
     ring = outer & ~inner & ~dark
     least = round(MIN_SKIN_PIXELS * scale * scale)
     if ring.sum() < least:
@@ -302,10 +303,11 @@ def skin_ring(lesion: np.ndarray, dark: np.ndarray, scale: float = 1.0) -> np.nd
     return ring
 
 
-def _dilations(mask: np.ndarray, radii: tuple[int, ...]) -> list[np.ndarray]:
+def _dilations(mask: np.ndarray, radii: tuple[int, ...], scale: float = 1.0) -> list[np.ndarray]:
     """``mask [H, W]`` bool dilated by a disk of each radius (``_disk(2 r + 1)``, as ``cv2.dilate`` does), each
-    ``[H, W]`` bool: :func:`_dilate_crop` for a small disk, :func:`_dilate_runs` from ``RUNS_FROM_RADIUS`` on."""
-    return [_dilate_runs(mask, r) if r >= RUNS_FROM_RADIUS else _dilate_crop(mask, r) for r in radii]
+    ``[H, W]`` bool: :func:`_dilate_crop` for a small disk, :func:`_dilate_runs` from ``RUNS_FROM_RADIUS * scale`` on
+    (``scale`` as in :func:`segment_lesion`; both give the same pixels, only the cost differs)."""
+    return [_dilate_runs(mask, r) if r >= RUNS_FROM_RADIUS * scale else _dilate_crop(mask, r) for r in radii]
 
 
 def _dilate_crop(mask: np.ndarray, radius: int) -> np.ndarray:
