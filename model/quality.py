@@ -142,9 +142,11 @@ def _unit_float(pixels: np.ndarray) -> np.ndarray:
 
 
 def reduced(image: Image.Image) -> Image.Image:
-    """The RGB image the checks look at: longest side at most ``colorimetry.WORK_SIDE`` (area-averaged). Checking a
-    reduced image gives the same warnings as checking the original, so callers may keep only this small copy."""
-    image = image.convert("RGB")
+    """The RGB image the checks look at: longest side at most ``colorimetry.WORK_SIDE`` (area-averaged; an RGB
+    image already that small is returned itself, not copied). Checking a reduced image gives the same warnings as
+    checking the original, so callers may keep only this small copy."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     factor = colorimetry.WORK_SIDE / max(image.size)
     if factor < 1.0:
         image = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))),
