@@ -98,8 +98,8 @@ def test_feature_distance_at_the_served_width_equals_a_float64_reference():
     rng = np.random.default_rng(5)
     d = 768
     train = rng.normal(size=(1000, d)) @ rng.normal(size=(d, d)) / math.sqrt(d)  # correlated: a dense precision
-    dist = OODDetector.from_dict(thresholds_from(fit_distributions({m: train for m in MODALITIES}),
-                                                 np.ones((4, 3)), np.ones((4, 3), bool)).to_dict()).distributions["clinical"]
+    fitted = thresholds_from(fit_distributions({m: train for m in MODALITIES}), np.ones((4, 3)), np.ones((4, 3), bool))
+    dist = OODDetector.from_dict(fitted.to_dict()).distributions["clinical"]
     probe = (rng.normal(size=(6, d)) * 1.5).astype(np.float32)
     centred = probe.astype(np.float64) - dist.mean.numpy().astype(np.float64)
     squared = np.einsum("nd,de,ne->n", centred, dist.precision.numpy().astype(np.float64), centred)
