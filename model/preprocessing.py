@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,11 +169,24 @@ def image_to_tensor(img: Image.Image, modality: str, cfg: DataConfig) -> torch.T
     if cfg.color_constancy and modality in cfg.color_constancy_views:
         rgb = shades_of_grey(rgb, cfg.color_constancy)
     if modality == "multispectral":
-        channels, mean, std = pseudo_multispectral(rgb), cfg.ms_mean, cfg.ms_std
+        planes, mean, std = _hsl_planes(rgb), cfg.ms_mean, cfg.ms_std
     else:
-        channels, mean, std = rgb, cfg.mean, cfg.std
-    normalized = (channels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(normalized.transpose(2, 0, 1)))
+        planes, mean, std = [rgb[..., c] for c in range(3)], cfg.mean, cfg.std
+    return torch.from_numpy(_normalized(planes, mean, std))
+
+
+def _normalized(planes: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Three float32 planes ``[S, S]`` -> ``(plane - mean[c]) / std[c]`` channels-first ``[3, S, S]`` float32.
+
+    Plane by plane into the output: the same float32 arithmetic as broadcasting over ``[S, S, 3]`` and transposing
+    (the values are identical), several times cheaper than broadcasting's length-3 inner loop plus the copy.
+    """
+    out = np.empty((len(planes), *planes[0].shape), np.float32)
+    for c, (plane, m, s) in enumerate(zip(planes, np.asarray(mean, np.float32), np.asarray(std, np.float32),
+                                          strict=True)):
+        np.subtract(plane, m, out=out[c])
+        np.divide(out[c], s, out=out[c])
+    return out
 
 
 CONSTANCY_REFERENCE = (0.70, 0.56, 0.48)
@@ -206,9 +219,14 @@ def pseudo_multispectral(rgb: np.ndarray) -> np.ndarray:
 
     Hue and saturation come from HSV, lightness is CIELAB L*; together they separate colour from intensity.
     """
+    return np.stack(_hsl_planes(rgb), axis=-1).astype(np.float32)
+
+
+def _hsl_planes(rgb: np.ndarray) -> list[np.ndarray]:
+    """:func:`pseudo_multispectral`'s three channels as separate float32 planes ``[H, W]`` (hue, saturation, L*)."""
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)  # float input: H in [0, 360), S and V in [0, 1]
     lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)  # float input: L* in [0, 100]
-    return np.stack([hsv[..., 0] / 360.0, hsv[..., 1], lab[..., 0] / 100.0], axis=-1).astype(np.float32)
+    return [hsv[..., 0] / 360.0, hsv[..., 1], lab[..., 0] / 100.0]
 
 
 def preprocess_bytes(data: bytes, modality: str, cfg: DataConfig, field: str | None = None,

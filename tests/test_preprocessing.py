@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from model.config import DataConfig
-from model.preprocessing import preprocess_bytes
+from model.preprocessing import image_to_tensor, preprocess_bytes, pseudo_multispectral, shades_of_grey
 from tests.lesion_data import make_layout, write_image
 from training.data import LesionDataset, index_dataset
 
@@ -73,3 +75,24 @@ def test_parity_holds_with_colour_constancy_on(lesion_dir, modality, path):
     served = preprocess_bytes((lesion_dir / path).read_bytes(), modality, cfg)
     torch.testing.assert_close(served, _val_sample(lesion_dir, "a", cfg)[modality], rtol=0, atol=0)
     assert not torch.equal(served, preprocess_bytes((lesion_dir / path).read_bytes(), modality, DATA_CFG))
+
+
+@pytest.mark.parametrize("color_constancy", [0.0, 6.0])
+@pytest.mark.parametrize("modality", ["clinical", "dermoscopy", "multispectral"])
+def test_tensor_is_bit_identical_to_normalising_the_whole_image_then_transposing(modality, color_constancy):
+    """image_to_tensor normalises plane by plane for speed; the values must be exactly those of the plain formula
+    (broadcast over [S, S, 3], then channels first) that trained the checkpoints, not merely close."""
+    cfg = DataConfig(image_size=48, color_constancy=color_constancy)
+    pixels = np.random.default_rng(11).integers(0, 256, size=(61, 83, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels).resize((48, 48), Image.BILINEAR)
+    rgb = np.asarray(img, dtype=np.float32) / 255.0
+    if color_constancy:
+        rgb = shades_of_grey(rgb, color_constancy)
+    if modality == "multispectral":
+        channels, mean, std = pseudo_multispectral(rgb), cfg.ms_mean, cfg.ms_std
+    else:
+        channels, mean, std = rgb, cfg.mean, cfg.std
+    expected = ((channels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).transpose(2, 0, 1)
+    tensor = image_to_tensor(Image.fromarray(pixels), modality, cfg)
+    assert tensor.dtype == torch.float32 and tensor.is_contiguous()
+    np.testing.assert_array_equal(tensor.numpy(), expected)
