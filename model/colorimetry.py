@@ -34,6 +34,7 @@ Known failure cases of the segmentation (why a weak label is a reference, not a 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -198,7 +199,7 @@ def dark_pixels(lightness: np.ndarray) -> np.ndarray:
     background, skin_std = illumination(lightness)
     relative = np.clip(lightness / np.maximum(background, 1.0) * 200.0 + 0.5, 0, 255).astype(np.uint8)  # skin ~200
     otsu, _ = cv2.threshold(relative, 0, 255, cv2.THRESH_BINARY_INV | cv2.THRESH_OTSU)
-    clearly_below = 200.0 * (1.0 - SKIN_SPREAD_K * skin_std / max(float(np.median(background)), 1.0))
+    clearly_below = 200.0 * (1.0 - SKIN_SPREAD_K * skin_std / max(float(_median(background)), 1.0))
     return relative <= min(otsu, clearly_below)
 
 
@@ -212,9 +213,7 @@ def illumination(lightness: np.ndarray) -> tuple[np.ndarray, float]:
     more than 2 robust stds below the last fit.
     """
     h, w = lightness.shape
-    index = np.arange(0, h * w, FIT_STRIDE)  # a smooth surface needs few pixels
-    x, y = index % w / w - 0.5, index // w / h - 0.5
-    columns = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y])  # [6, N] float64
+    columns = _fit_columns(h, w)  # [6, N] float64
     values = lightness.ravel()[::FIT_STRIDE].astype(np.float64)
     keep = np.ones_like(values, dtype=bool)
     spread = 0.0
@@ -222,11 +221,35 @@ def illumination(lightness: np.ndarray) -> tuple[np.ndarray, float]:
         coef = _least_squares(columns[:terms], values, keep)
         residual = values - np.einsum("i,in->n", coef, columns[:terms])
         if step == 0:
-            keep = residual >= np.median(residual)
+            keep = residual >= _median(residual)
             continue
-        spread = max(1.4826 * float(np.median(np.abs(residual[keep] - np.median(residual[keep])))), 0.25)
+        kept = residual[keep]
+        spread = max(1.4826 * float(_median(np.abs(kept - _median(kept)))), 0.25)
         keep = residual > -2.0 * spread
     return _quadratic_surface(coef, h, w), spread
+
+
+@functools.lru_cache(maxsize=8)
+def _fit_columns(h: int, w: int) -> np.ndarray:
+    """The fit's design ``[6, N]`` float64, read-only: (1, x, y, x^2, xy, y^2) at every ``FIT_STRIDE``-th pixel of
+    an ``[h, w]`` image (x, y = column / w - 0.5, row / h - 0.5). It depends on the size alone, and a served worker
+    sees the same few sizes, so it is made once per size."""
+    index = np.arange(0, h * w, FIT_STRIDE)  # a smooth surface needs few pixels
+    x, y = index % w / w - 0.5, index // w / h - 0.5
+    columns = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y])
+    columns.flags.writeable = False
+    return columns
+
+
+def _median(values: np.ndarray) -> float:
+    """``np.median(values)`` (the same value and dtype) for an array without NaN, without np.median's per-call
+    overhead, which at the illumination fit's ~2000 samples is as much as the selection itself."""
+    flat = values.ravel()
+    half = flat.size // 2
+    if flat.size % 2:
+        return np.partition(flat, half)[half]
+    part = np.partition(flat, (half - 1, half))
+    return (part[half - 1] + part[half]) / 2
 
 
 def _least_squares(columns: np.ndarray, values: np.ndarray, keep: np.ndarray) -> np.ndarray:

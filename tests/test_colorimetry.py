@@ -281,3 +281,25 @@ def test_a_half_size_lesion_mask_fails_where_measure_fails(image, reason):
 def test_the_filters_keep_their_sizes_at_full_working_size_and_stay_odd_and_useful_when_halved():
     assert [colorimetry._scaled_px(d, 1.0) for d in (3, 5, 7)] == [3, 5, 7]
     assert [colorimetry._scaled_px(d, 0.5) for d in (3, 5, 7, 11)] == [3, 3, 3, 5]
+
+
+def test_median_is_numpys_median_value_and_dtype():
+    """The illumination fit's median helper must give np.median's exact value, or the dark threshold moves."""
+    rng = np.random.default_rng(8)
+    for size in (1, 2, 7, 1755, 1756, (96, 128)):
+        for dtype in (np.float64, np.float32):
+            for decimals in (0, 3):  # with and without ties
+                values = np.round(rng.normal(50.0, 20.0, size=size), decimals).astype(dtype)
+                before = values.copy()
+                got, expected = colorimetry._median(values), np.median(values)
+                assert got == expected and got.dtype == expected.dtype, (size, dtype, got, expected)
+                np.testing.assert_array_equal(values, before)  # the caller's array is not reordered
+
+
+def test_fit_columns_are_read_only_and_match_a_fresh_design():
+    h, w = 96, 128
+    columns = colorimetry._fit_columns(h, w)
+    index = np.arange(0, h * w, colorimetry.FIT_STRIDE)
+    x, y = (index % w) / w - 0.5, (index // w) / h - 0.5
+    np.testing.assert_array_equal(columns, np.stack([np.ones_like(x), x, y, x * x, x * y, y * y]))
+    assert not columns.flags.writeable and colorimetry._fit_columns(h, w) is columns
