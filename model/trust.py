@@ -198,16 +198,10 @@ class FeatureDistribution:
     mean: Tensor
     precision: Tensor
 
-    def __post_init__(self) -> None:
-        # The float64 copies the distance is computed in, made once: converting a 768 x 768 precision on every
-        # call cost more than the product itself in a served request.
-        object.__setattr__(self, "_mean64", self.mean.double())
-        object.__setattr__(self, "_precision64", self.precision.double())
-
     def distance(self, features: Tensor) -> Tensor:
         """``[N, D] -> [N]``: Mahalanobis distance divided by ``sqrt(D)`` (about 1 for a training lesion)."""
-        centred = features.double() - self._mean64
-        squared = ((centred @ self._precision64) * centred).sum(dim=1).clamp_min(0.0)
+        centred = features.double() - self.mean.double()
+        squared = ((centred @ self.precision.double()) * centred).sum(dim=1).clamp_min(0.0)
         return (squared / self.mean.numel()).sqrt().float()
 
 

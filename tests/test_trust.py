@@ -93,8 +93,7 @@ def test_feature_distance_is_mahalanobis_over_root_dimension():
 
 def test_feature_distance_at_the_served_width_equals_a_float64_reference():
     """At the served encoders' width (768), through a checkpoint round trip: the distance equals a float64
-    reference computed in numpy from the stored float32 mean and precision, on every call (the float64 copies
-    are made once, when the distribution is built)."""
+    reference computed in numpy from the stored float32 mean and precision, on every call."""
     rng = np.random.default_rng(5)
     d = 768
     train = rng.normal(size=(1000, d)) @ rng.normal(size=(d, d)) / math.sqrt(d)  # correlated: a dense precision
@@ -104,7 +103,7 @@ def test_feature_distance_at_the_served_width_equals_a_float64_reference():
     centred = probe.astype(np.float64) - dist.mean.numpy().astype(np.float64)
     squared = np.einsum("nd,de,ne->n", centred, dist.precision.numpy().astype(np.float64), centred)
     expected = np.sqrt(squared / d)
-    for _ in range(2):  # the float64 copies are made once; a second call must give the same
+    for _ in range(2):  # a second call gives the same (nothing cached goes stale)
         np.testing.assert_allclose(dist.distance(torch.from_numpy(probe)).numpy(), expected, rtol=2e-7, atol=0)
 
 
