@@ -25,7 +25,7 @@ def format_answer(score: float, attention: Sequence[float], modalities: Sequence
     ``attention`` holds one weight per ``ATTENTION_TOKENS`` entry. With ``decimals`` the score and weights are
     rounded (serving); the severity is always decided on the unrounded score. ``trust`` is one entry of
     ``model.trust.Trust.assess`` (None: the checkpoint has no calibration, the fields are null);
-    ``quality_warnings`` comes from ``model.quality.warnings_for``.
+    ``quality_warnings`` comes from ``model.scoring.quality_warnings`` (``model.quality``'s checks).
     """
 
     def rounded(value: float) -> float:

@@ -154,6 +154,15 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb.astype(np.float32, copy=False), cv2.COLOR_RGB2Lab)
 
 
+def illuminant(rgb: np.ndarray, p: int = SHADES_OF_GRAY_P) -> np.ndarray:
+    """Shades-of-grey illuminant estimate of float32 RGB ``[H, W, 3]`` in [0, 1]: each channel's Minkowski p-mean,
+    ``[3]`` float64."""
+    powered = rgb.copy()
+    for _ in range(p - 1):  # products and cv2.mean: np.power and np.mean over two axes cost much more
+        np.multiply(powered, rgb, out=powered)
+    return np.power(np.asarray(cv2.mean(powered)[:3]), 1.0 / p)
+
+
 def shades_of_gray(rgb: np.ndarray, p: int = SHADES_OF_GRAY_P) -> np.ndarray:
     """Colour constancy: float RGB ``[H, W, 3]`` in [0, 1] -> the same image under a neutral illuminant estimate.
 
@@ -161,11 +170,8 @@ def shades_of_gray(rgb: np.ndarray, p: int = SHADES_OF_GRAY_P) -> np.ndarray:
     """
     rgb = np.ascontiguousarray(rgb, dtype=np.float32)
     h, w, _ = rgb.shape
-    powered = rgb.copy()
-    for _ in range(p - 1):  # products and cv2.mean: np.power and np.mean over two axes cost much more
-        np.multiply(powered, rgb, out=powered)
-    illuminant = np.power(np.asarray(cv2.mean(powered)[:3]), 1.0 / p)  # [3], float64
-    gains = (illuminant.mean() / np.maximum(illuminant, 1e-6)).astype(np.float32)
+    estimate = illuminant(rgb, p)
+    gains = (estimate.mean() / np.maximum(estimate, 1e-6)).astype(np.float32)
     balanced = rgb.reshape(h, w * 3) * np.tile(gains, w)  # one gain per channel, without broadcasting a 3-axis
     return np.clip(balanced, 0.0, 1.0, out=balanced).reshape(h, w, 3)
 

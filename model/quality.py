@@ -47,12 +47,11 @@ LESION_SIDE = colorimetry.WORK_SIDE // 2
 APPEARANCE: tuple[str, ...] = ("log_illuminant_r", "log_illuminant_g", "log_illuminant_b", "spread_L", "spread_a",
                                 "spread_b", "lesion_contrast")
 """What :func:`check` also measures of a view for the out-of-distribution score (``model.trust``): the light and
-scene's colour and brightness (the shades-of-grey illuminant estimate with ``ILLUMINANT_P``, per channel, log), the
+scene's colour and brightness (``colorimetry.illuminant``, the segmentation's shades-of-grey estimate, log), the
 standard deviations of CIELAB L*, a* and b* over the image, and the lesion's relative contrast
 ``(skin L* - lesion L*) / skin L*`` (0 when no lesion is found). Colour constancy divides the first ones out before
 the encoders see the image (``model.preprocessing``), so the encoder features alone cannot tell a flat field of
 any colour, or bare skin, from the skin around a small lesion."""
-ILLUMINANT_P = 6
 MIN_LESION_AREA: dict[str, float] = {"clinical": 0.002, "dermoscopy": 0.01, "multispectral": 0.01}
 """Lesion area / image area below which a lesion is "too small" to read, per modality (a clinical photo frames a
 lesion much smaller than a dermoscope does)."""
@@ -69,7 +68,7 @@ class QualityReport:
     lesion_area: float | None  # None: no lesion found
     touches_border: bool
     warnings: tuple[str, ...]
-    appearance: tuple[float, ...] = ()  # APPEARANCE, in that order
+    appearance: tuple[float, ...]  # APPEARANCE, in that order
 
 
 def check(image: Image.Image, modality: str) -> QualityReport:
@@ -155,9 +154,10 @@ def reduced(image: Image.Image) -> Image.Image:
 
 
 def colour_statistics(rgb: np.ndarray, lab: np.ndarray) -> tuple[float, ...]:
-    """Float RGB ``[H, W, 3]`` in [0, 1] and its CIELAB -> the first six of :data:`APPEARANCE`: log of each channel's
-    ``ILLUMINANT_P``-norm mean (floored at 1/255, as black) and the standard deviations of L*, a*, b*."""
-    illuminant = np.power(np.asarray(cv2.mean(cv2.pow(rgb, float(ILLUMINANT_P)))[:3]), 1.0 / ILLUMINANT_P)
+    """Float32 RGB ``[H, W, 3]`` in [0, 1] and its CIELAB -> the first six of :data:`APPEARANCE`: the log of each
+    channel's illuminant estimate (``colorimetry.illuminant``, floored at 1/255, as black) and the standard
+    deviations of L*, a*, b*."""
+    illuminant = colorimetry.illuminant(rgb)
     _, spread = cv2.meanStdDev(lab)
     return (*(float(v) for v in np.log(np.maximum(illuminant, 1.0 / 255.0))), *(float(v) for v in spread.ravel()))
 

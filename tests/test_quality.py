@@ -186,7 +186,7 @@ def two_tone(skin: tuple[int, int, int], lesion: tuple[int, int, int], side: int
 def test_view_statistics_are_the_illuminant_lab_spreads_and_lesion_contrast_of_the_image(skin, lesion):
     image, f = two_tone(skin, lesion)
     s, les = np.array(skin) / 255.0, np.array(lesion) / 255.0
-    p = quality.ILLUMINANT_P
+    p = colorimetry.SHADES_OF_GRAY_P
     illuminant = np.log((f * les ** p + (1 - f) * s ** p) ** (1 / p))  # each channel's p-norm mean
     lab_s, lab_l = textbook_lab(s), textbook_lab(les)
     spreads = np.abs(lab_s - lab_l) * math.sqrt(f * (1 - f))  # the std of a two-valued variable
